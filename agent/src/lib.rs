@@ -1,0 +1,2 @@
+//! The Ferry station agent library.
+#![forbid(unsafe_code)]

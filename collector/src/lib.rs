@@ -1,0 +1,2 @@
+//! The Ferry collector library.
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! Certificate authority and certificates for collectors and stations.
