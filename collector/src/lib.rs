@@ -1,2 +1,4 @@
 //! The Ferry collector library.
 #![forbid(unsafe_code)]
+
+pub mod pki_cli;

@@ -2,5 +2,12 @@
 //! ZMQ-over-TLS bridge that agent and collector share.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
+pub mod bridge;
+pub mod codec;
+pub mod link;
 pub mod pki;
+pub mod protocol;
 pub mod station;
+pub mod tls;
+pub mod zmtp;

@@ -93,7 +93,13 @@ mod tests {
 
     #[test]
     fn accepts_legacy_station_names() {
-        for id in ["rfeye002073", "station-01", "site_7.north", "A", &"x".repeat(64)] {
+        for id in [
+            "rfeye002073",
+            "station-01",
+            "site_7.north",
+            "A",
+            &"x".repeat(64),
+        ] {
             assert_eq!(StationId::new(id).unwrap().as_str(), id);
         }
     }
@@ -106,10 +112,16 @@ mod tests {
             Err(StationIdError::TooLong { len: 65 })
         );
         for id in [".", "..", ".hidden", "-rf"] {
-            assert!(matches!(StationId::new(id), Err(StationIdError::BadStart { .. })), "{id}");
+            assert!(
+                matches!(StationId::new(id), Err(StationIdError::BadStart { .. })),
+                "{id}"
+            );
         }
         for id in ["a/b", "a b", "a\0b", "é", "a\nb", "a:b"] {
-            assert!(matches!(StationId::new(id), Err(StationIdError::BadCharacter { .. })), "{id}");
+            assert!(
+                matches!(StationId::new(id), Err(StationIdError::BadCharacter { .. })),
+                "{id}"
+            );
         }
     }
 }

@@ -1,2 +1,18 @@
-//! Test harness for Ferry: PKI fixtures, temp dirs, real processes.
+//! Test harness for Ferry: a throw-away PKI, a minimal receiving collector,
+//! and a TCP proxy that can stall, all on loopback in temp dirs.
 #![forbid(unsafe_code)]
+
+pub mod pki;
+pub mod proxy;
+pub mod receiver;
+
+/// Sends `tracing` output to the test's captured output (RUST_LOG filters;
+/// warnings by default). Safe to call from every test.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
