@@ -1,2 +1,3 @@
 //! The Ferry station agent library.
 #![forbid(unsafe_code)]
+pub mod sender;

@@ -1,4 +1,152 @@
-//! The Ferry collector library.
+//! The Ferry collector: receives stations' files over ZMQ-over-TLS, stores
+//! them verified in the repository, journals their catalog records before
+//! acknowledging, and feeds a primary and a backup catalog from the journal.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod applier;
+pub mod config;
+pub mod journal;
 pub mod pki_cli;
+pub mod reconcile;
+pub mod repository;
+pub mod session;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ferry_common::link::{ServerLink, ServerLinkConfig};
+use ferry_common::tls::{self, TlsMaterial};
+use ferry_common::zmtp::Limits;
+use tokio::sync::{Notify, watch};
+
+use crate::applier::ApplierState;
+use crate::config::{CatalogUrl, Settings};
+use crate::journal::Journal;
+use crate::repository::Repository;
+use crate::store::SqliteStore;
+
+/// Names of the two catalogs, as the journal and logs know them.
+pub const CATALOGS: [&str; 2] = ["primary", "backup"];
+
+/// Why the collector could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Repository(#[from] repository::RepositoryError),
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    #[error(transparent)]
+    Link(#[from] ferry_common::link::LinkError),
+    #[error("cannot create {path}: {source}")]
+    StateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A running collector.
+#[derive(Debug)]
+pub struct Collector {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    appliers: Vec<watch::Receiver<ApplierState>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Collector {
+    /// The address stations connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Each catalog's applier state, primary first.
+    pub fn appliers(&self) -> Vec<ApplierState> {
+        self.appliers.iter().map(|s| s.borrow().clone()).collect()
+    }
+
+    /// Stops accepting, ends sessions and appliers, and waits for them.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Opens the repository and journal, starts the appliers and the listener.
+pub async fn start(settings: Settings) -> Result<Collector, StartError> {
+    let state_dir = &settings.state_dir;
+    std::fs::create_dir_all(state_dir).map_err(|source| StartError::StateDir {
+        path: state_dir.clone(),
+        source,
+    })?;
+    let material = TlsMaterial::from_files(&settings.tls_ca, &settings.tls_cert, &settings.tls_key)?;
+    let repository = Repository::open(&settings.repository, &state_dir.join("staging"))?;
+    let journal = Journal::open(&state_dir.join("journal.sqlite"))?;
+    journal.register(&CATALOGS)?;
+    let (stop, shutdown) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut appliers = Vec::new();
+    let mut wakes = Vec::new();
+    for (name, url) in CATALOGS.iter().zip([&settings.primary, &settings.backup]) {
+        let wake = Arc::new(Notify::new());
+        let (state_tx, state_rx) = watch::channel(ApplierState::default());
+        let task = match url {
+            CatalogUrl::Sqlite(path) => tokio::spawn(applier::run(
+                SqliteStore::new(name, path),
+                journal.clone(),
+                wake.clone(),
+                state_tx,
+                shutdown.clone(),
+            )),
+        };
+        tasks.push(task);
+        appliers.push(state_rx);
+        wakes.push(wake);
+    }
+    let link = ServerLink::bind(ServerLinkConfig {
+        listen: settings.listen,
+        tls: tls::server_config(&material)?,
+        runtime_dir: state_dir.join("run"),
+        limits: Limits {
+            max_frame: settings.max_frame,
+            max_message: settings.max_frame,
+            max_parts: 4,
+        },
+        handshake_timeout: settings.handshake_timeout,
+        revoked: settings.revoked.clone(),
+    })
+    .await?;
+    let local_addr = link.local_addr();
+    let shared = Arc::new(session::Shared {
+        repository,
+        journal,
+        applied_wake: wakes,
+        max_chunk: settings.max_chunk,
+        window: settings.window,
+        heartbeat: settings.heartbeat,
+        reserve: settings.reserve,
+        max_sessions: settings.max_sessions,
+    });
+    tasks.push(tokio::spawn(session::serve(link, shared, shutdown)));
+    tracing::info!(listen = %local_addr, "collector running");
+    Ok(Collector {
+        local_addr,
+        stop,
+        appliers,
+        tasks,
+    })
+}
+
+/// Runs the collector until `shutdown` resolves.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let collector = start(settings).await?;
+    shutdown.await;
+    collector.stop().await;
+    Ok(())
+}

@@ -12,6 +12,11 @@ ferry-collector: receives files that Ferry stations push over mutual TLS.
 usage: ferry-collector <command> [options]
 
 commands:
+  run                run the collector (--config PATH, --check to only validate)
+  status             per-station status (--config PATH, --station S, --json)
+  reconcile          compare the primary and backup catalogs row by row and
+                     copy missing rows each way (--config PATH, --dry-run)
+  migrate            run the journal's and catalogs' schema migrations
   pki init-ca        create the certificate authority
   pki issue-server   issue the collector's TLS server certificate
   pki issue-station  issue a station's TLS client certificate
@@ -21,6 +26,8 @@ commands:
 options:
   -h, --help     print this help
   -V, --version  print the version
+
+--config defaults to /etc/ferry/collector.toml.
 
 Run `ferry-collector pki --help` or `ferry-collector pki <command> --help`
 for the options of each command.
@@ -42,6 +49,13 @@ fn main() -> ExitCode {
         }
         Value(command) => match command.to_string_lossy().as_ref() {
             "pki" => run_pki(&mut parser),
+            "run" | "status" | "reconcile" | "migrate" => {
+                let name = command.to_string_lossy().into_owned();
+                match parse_admin(&name, &mut parser) {
+                    Ok(admin) => run_admin(admin),
+                    Err(message) => usage_error(&message, USAGE),
+                }
+            }
             "help" => match parser.next() {
                 Ok(Some(Value(topic))) if topic == "pki" => print(pki_cli::PKI_HELP),
                 _ => print(HELP),
@@ -53,6 +67,133 @@ fn main() -> ExitCode {
         },
         other => usage_error(&other.unexpected().to_string(), USAGE),
     }
+}
+
+/// Options of the daemon and admin commands, parsed once.
+struct Admin {
+    command: String,
+    config: std::path::PathBuf,
+    check: bool,
+    json: bool,
+    dry_run: bool,
+    station: Option<String>,
+}
+
+fn parse_admin(command: &str, parser: &mut lexopt::Parser) -> Result<Admin, String> {
+    let mut admin = Admin {
+        command: command.to_owned(),
+        config: "/etc/ferry/collector.toml".into(),
+        check: false,
+        json: false,
+        dry_run: false,
+        station: None,
+    };
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            Short('c') | Long("config") => {
+                admin.config = parser.value().map_err(|e| e.to_string())?.into();
+            }
+            Long("check") if command == "run" => admin.check = true,
+            Long("json") if command == "status" => admin.json = true,
+            Long("station") if command == "status" => {
+                admin.station = Some(parser.value().map_err(|e| e.to_string())?.to_string_lossy().into_owned());
+            }
+            Long("dry-run") if command == "reconcile" => admin.dry_run = true,
+            other => return Err(format!("{command}: {}", other.unexpected())),
+        }
+    }
+    Ok(admin)
+}
+
+fn run_admin(admin: Admin) -> ExitCode {
+    init_tracing();
+    let settings = match ferry_collector::config::load(&admin.config) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("ferry-collector: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if admin.check {
+        let material = ferry_common::tls::TlsMaterial::from_files(&settings.tls_ca, &settings.tls_cert, &settings.tls_key)
+            .and_then(|m| ferry_common::tls::server_config(&m).map(|_| ()));
+        return match material {
+            Ok(()) => {
+                println!("{}: ok", admin.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("ferry-collector: {}: {error}", admin.config.display());
+                ExitCode::from(2)
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ferry-collector: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        match admin.command.as_str() {
+            "run" => ferry_collector::run(settings, shutdown_signal()).await?,
+            "status" => {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+                let rows = ferry_collector::admin::status(&settings, admin.station.as_deref(), now)?;
+                let text = if admin.json {
+                    ferry_collector::admin::status_json(&rows)
+                } else {
+                    ferry_collector::admin::status_text(&rows)
+                };
+                print!("{text}");
+            }
+            "reconcile" => {
+                let report = ferry_collector::admin::reconcile(&settings, admin.dry_run).await?;
+                print!("{}", ferry_collector::admin::report_text(&report));
+                if !report.identical() {
+                    anyhow::bail!("catalogs differ");
+                }
+            }
+            _ => {
+                ferry_collector::admin::migrate(&settings).await?;
+                println!("migrations applied");
+            }
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ferry-collector: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers, run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("stopping");
+}
+
+fn init_tracing() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
+        .try_init();
 }
 
 fn run_pki(parser: &mut lexopt::Parser) -> ExitCode {

@@ -182,6 +182,11 @@ impl Connections {
         found.is_some()
     }
 
+    /// Whether a connection carries `identity` now.
+    pub fn contains(&self, identity: &[u8]) -> bool {
+        self.lock().contains_key(identity)
+    }
+
     /// How many stations are connected now.
     pub fn len(&self) -> usize {
         self.lock().len()

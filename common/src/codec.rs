@@ -168,6 +168,7 @@ mod tests {
                 offset: 4096,
                 data: (0..=255).collect(),
             }),
+            Message::Credit(Credit { consumed: 1 << 33 }),
             Message::Commit(Commit {
                 batch: 7,
                 file: 0,

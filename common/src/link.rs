@@ -490,6 +490,16 @@ impl ServerLink {
         self.connections.disconnect(&peer.identity)
     }
 
+    /// Ends the bridge connection carrying `identity`.
+    pub fn disconnect_identity(&self, identity: &[u8]) -> bool {
+        self.connections.disconnect(identity)
+    }
+
+    /// Whether the connection carrying `identity` is still open.
+    pub fn is_connected(&self, identity: &[u8]) -> bool {
+        self.connections.contains(identity)
+    }
+
     /// Stations connected now.
     pub fn connected(&self) -> usize {
         self.connections.len()

@@ -30,6 +30,7 @@ pub enum Message {
     Offer(Offer),
     OfferReply(OfferReply),
     Chunk(Chunk),
+    Credit(Credit),
     Commit(Commit),
     Ack(Ack),
     StatusQuery(StatusQuery),
@@ -141,6 +142,14 @@ impl std::fmt::Debug for Chunk {
             .field("len", &self.data.len())
             .finish()
     }
+}
+
+/// Flow control: the collector has consumed (written to staging) this many
+/// bytes of chunk payload in the session so far. The agent keeps at most
+/// `Welcome::window` bytes sent beyond the latest `consumed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credit {
+    pub consumed: u64,
 }
 
 /// The agent has sent all of a file; here is what it read.

@@ -2,7 +2,9 @@
 //! and a TCP proxy that can stall, all on loopback in temp dirs.
 #![forbid(unsafe_code)]
 
+pub mod collector;
 pub mod pki;
+pub mod process;
 pub mod proxy;
 pub mod receiver;
 

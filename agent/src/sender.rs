@@ -1,0 +1,193 @@
+//! Sending a batch of files over an open session: offer, stream what the
+//! collector needs within the flow-control window, commit each file with the
+//! SHA-256 of what was read, and wait for the batch's ack.
+//!
+//! Files are read in chunks and hashed as they are read, never loaded whole;
+//! a transfer that resumes at an offset re-reads (and hashes) the prefix
+//! without sending it.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+
+use ferry_common::link::{ClientLink, LinkError};
+use ferry_common::protocol::*;
+
+/// One file to offer.
+#[derive(Debug, Clone)]
+pub struct OutgoingFile {
+    /// Name of the configured root the file lives under.
+    pub root: String,
+    /// Path relative to the root, `/`-separated.
+    pub rel_path: String,
+    /// Where to read it.
+    pub abs_path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// Content hash, if already known (lets the collector skip the transfer).
+    pub sha256: Option<Sha256>,
+}
+
+/// What happened to one file of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileReport {
+    /// Index of the file in the slice given to [`send_batch`].
+    pub index: usize,
+    pub outcome: Outcome,
+    /// Bytes of content this batch actually sent for the file.
+    pub sent: u64,
+}
+
+/// Why a batch did not complete; the session should be rebuilt.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("collector error: {0}")]
+    Collector(ErrorFrame),
+    #[error("collector broke the protocol: {0}")]
+    Protocol(String),
+}
+
+/// Per-session flow-control state: bytes sent and credited so far.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Flow {
+    sent: u64,
+    consumed: u64,
+}
+
+/// Offers `files` as batch `batch` and sees it through to the ack.
+pub async fn send_batch(
+    link: &mut ClientLink,
+    flow: &mut Flow,
+    batch: u64,
+    files: &[OutgoingFile],
+) -> Result<Vec<FileReport>, SendError> {
+    let offers = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| FileOffer {
+            id: i as u32,
+            root: f.root.clone(),
+            path: f.rel_path.clone(),
+            size: f.size,
+            mtime_ns: f.mtime_ns,
+            sha256: f.sha256,
+        })
+        .collect();
+    link.send(Message::Offer(Offer { batch, files: offers })).await?;
+    let reply = loop {
+        match recv(link, flow).await? {
+            Message::OfferReply(reply) if reply.batch == batch => break reply,
+            other => return Err(SendError::Protocol(format!("expected an offer reply, got {other:?}"))),
+        }
+    };
+    let mut sent = vec![0u64; files.len()];
+    let window = link.welcome.window;
+    let chunk = (link.welcome.max_chunk as usize).clamp(4096, ferry_common::codec::MAX_CHUNK);
+    for need in &reply.files {
+        let Need::From { offset } = need.need else { continue };
+        let index = need.id as usize;
+        let Some(file) = files.get(index) else {
+            return Err(SendError::Protocol(format!("reply names file {} that was not offered", need.id)));
+        };
+        let (size, sha256) = stream_file(link, flow, batch, need.id, file, offset, chunk, window, &mut sent[index]).await?;
+        link.send(Message::Commit(Commit { batch, file: need.id, size, sha256 })).await?;
+    }
+    let ack = loop {
+        match recv(link, flow).await? {
+            Message::Ack(ack) if ack.batch == batch => break ack,
+            other => return Err(SendError::Protocol(format!("expected an ack, got {other:?}"))),
+        }
+    };
+    Ok(ack
+        .results
+        .into_iter()
+        .map(|r| FileReport {
+            index: r.id as usize,
+            sent: sent.get(r.id as usize).copied().unwrap_or(0),
+            outcome: r.outcome,
+        })
+        .collect())
+}
+
+/// Next message that is not flow control; credits update `flow`.
+async fn recv(link: &mut ClientLink, flow: &mut Flow) -> Result<Message, SendError> {
+    loop {
+        match link.recv().await? {
+            Message::Credit(credit) => flow.consumed = flow.consumed.max(credit.consumed),
+            Message::Error(error) => return Err(SendError::Collector(error)),
+            other => return Ok(other),
+        }
+    }
+}
+
+/// Streams `file` from `offset`, hashing all of it; returns the size read
+/// and its hash (which differ from the offer if the file changed meanwhile,
+/// and the collector then refuses the commit).
+#[allow(clippy::too_many_arguments)]
+async fn stream_file(
+    link: &mut ClientLink,
+    flow: &mut Flow,
+    batch: u64,
+    id: u32,
+    file: &OutgoingFile,
+    offset: u64,
+    chunk: usize,
+    window: u64,
+    sent: &mut u64,
+) -> Result<(u64, Sha256), SendError> {
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; chunk];
+    let mut position = 0u64;
+    let mut reader = match File::open(&file.abs_path) {
+        Ok(reader) => reader,
+        // Unreadable now: commit what we have (nothing), which the collector
+        // refuses, and the file is retried later.
+        Err(_) => return Ok((0, finish(hash))),
+    };
+    // Hash the prefix the collector already holds, without sending it.
+    while position < offset {
+        let want = (offset - position).min(buf.len() as u64) as usize;
+        let n = tokio::task::block_in_place(|| reader.read(&mut buf[..want])).unwrap_or(0);
+        if n == 0 {
+            return Ok((position, finish(hash)));
+        }
+        hash.update(&buf[..n]);
+        position += n as u64;
+    }
+    let _ = reader.seek(SeekFrom::Start(offset));
+    while position < file.size {
+        let want = (file.size - position).min(buf.len() as u64) as usize;
+        let n = tokio::task::block_in_place(|| reader.read(&mut buf[..want])).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        wait_for_credit(link, flow, n as u64, window).await?;
+        link.send(Message::Chunk(Chunk { batch, file: id, offset: position, data: buf[..n].to_vec() }))
+            .await?;
+        flow.sent += n as u64;
+        *sent += n as u64;
+        position += n as u64;
+    }
+    Ok((position, finish(hash)))
+}
+
+/// Waits until `more` bytes fit in the window.
+async fn wait_for_credit(link: &mut ClientLink, flow: &mut Flow, more: u64, window: u64) -> Result<(), SendError> {
+    while flow.sent + more > flow.consumed + window {
+        match link.recv().await? {
+            Message::Credit(credit) => flow.consumed = flow.consumed.max(credit.consumed),
+            Message::Error(error) => return Err(SendError::Collector(error)),
+            other => return Err(SendError::Protocol(format!("unexpected {other:?} while streaming"))),
+        }
+    }
+    Ok(())
+}
+
+fn finish(hash: ring::digest::Context) -> Sha256 {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(hash.finish().as_ref());
+    out
+}

@@ -1,0 +1,178 @@
+//! The admin commands' work: `status`, `reconcile` and `migrate`, reading the
+//! collector's journal and catalogs as the running collector leaves them.
+
+use std::fmt::Write as _;
+
+use crate::config::{CatalogUrl, Settings};
+use crate::journal::Journal;
+use crate::reconcile::{self, Report};
+use crate::store::{CatalogStore, SqliteStore, StationSummary};
+
+/// Failures of an admin command.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// One station's status, with the legacy monitoring keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StationStatus {
+    pub station: String,
+    /// Files of the station stored in the repository (`host_files`).
+    pub host_files: u64,
+    pub bytes: u64,
+    /// Stored files whose catalog record is not yet in both catalogs
+    /// (`pending_backup`): the larger of the two catalogs' backlogs.
+    pub pending_backup: u64,
+    pub pending_primary: u64,
+    pub pending_backup_catalog: u64,
+    /// Files that failed in the last 24 hours (`backup_error`).
+    pub backup_error: u64,
+    /// Unix seconds of the newest stored file (`last_backup`).
+    pub last_backup: Option<i64>,
+}
+
+fn store(name: &str, url: &CatalogUrl) -> SqliteStore {
+    match url {
+        CatalogUrl::Sqlite(path) => SqliteStore::new(name, path),
+    }
+}
+
+fn journal(settings: &Settings) -> Result<Journal, AdminError> {
+    Ok(Journal::open(&settings.state_dir.join("journal.sqlite"))?)
+}
+
+/// Status of every station (or one), read from the journal.
+pub fn status(settings: &Settings, station: Option<&str>, now_ms: i64) -> Result<Vec<StationStatus>, AdminError> {
+    let journal = journal(settings)?;
+    let stations = match station {
+        Some(s) => vec![s.to_owned()],
+        None => journal.stations()?,
+    };
+    let mut out = Vec::new();
+    for station in stations {
+        let (files, bytes, last, (p, b)) = journal.station_stats(&station)?;
+        let errors = journal.failures(&station, now_ms - 86_400_000, 1_000_000)?.len() as u64;
+        out.push(StationStatus {
+            station,
+            host_files: files,
+            bytes,
+            pending_backup: p.max(b),
+            pending_primary: p,
+            pending_backup_catalog: b,
+            backup_error: errors,
+            last_backup: last.map(|ms| ms / 1000),
+        });
+    }
+    Ok(out)
+}
+
+/// Human-readable status table.
+pub fn status_text(rows: &[StationStatus]) -> String {
+    let mut out = format!(
+        "{:<24} {:>10} {:>14} {:>10} {:>8} {:>12}\n",
+        "station", "files", "bytes", "pending", "errors", "last backup"
+    );
+    for r in rows {
+        let last = r.last_backup.map_or_else(|| "never".to_owned(), |s| s.to_string());
+        let _ = writeln!(
+            out,
+            "{:<24} {:>10} {:>14} {:>10} {:>8} {:>12}",
+            r.station, r.host_files, r.bytes, r.pending_backup, r.backup_error, last
+        );
+    }
+    out
+}
+
+/// Status as JSON: an object per station with the legacy keys.
+pub fn status_json(rows: &[StationStatus]) -> String {
+    let items: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{{\"station\":{},\"host_files\":{},\"bytes\":{},\"pending_backup\":{},\"pending_primary\":{},\"pending_backup_catalog\":{},\"backup_error\":{},\"last_backup\":{}}}",
+                json_string(&r.station),
+                r.host_files,
+                r.bytes,
+                r.pending_backup,
+                r.pending_primary,
+                r.pending_backup_catalog,
+                r.backup_error,
+                r.last_backup.map_or_else(|| "null".to_owned(), |s| s.to_string())
+            )
+        })
+        .collect();
+    format!("[{}]\n", items.join(","))
+}
+
+/// A JSON string literal.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Runs reconcile between the configured catalogs.
+pub async fn reconcile(settings: &Settings, dry_run: bool) -> Result<Report, AdminError> {
+    let primary = store("primary", &settings.primary);
+    let backup = store("backup", &settings.backup);
+    Ok(reconcile::reconcile(&primary, &backup, dry_run).await?)
+}
+
+/// Human-readable reconcile report.
+pub fn report_text(report: &Report) -> String {
+    let mut out = format!("{:<24} {:>10} {:>10}  {}\n", "station", "primary", "backup", "digest");
+    for s in &report.stations {
+        let digest = if s.primary_digest == s.backup_digest {
+            format!("{} (same)", &s.primary_digest[..16.min(s.primary_digest.len())])
+        } else {
+            "DIFFERENT".to_owned()
+        };
+        let _ = writeln!(out, "{:<24} {:>10} {:>10}  {}", s.station, s.primary_rows, s.backup_rows, digest);
+    }
+    let _ = writeln!(
+        out,
+        "repaired: {} rows into primary, {} rows into backup",
+        report.repaired_primary, report.repaired_backup
+    );
+    for conflict in &report.conflicts {
+        let _ = writeln!(out, "conflict: {conflict}");
+    }
+    out.push_str(if report.identical() {
+        "catalogs identical\n"
+    } else {
+        "catalogs differ\n"
+    });
+    out
+}
+
+/// Runs the journal's and both catalogs' migrations.
+pub async fn migrate(settings: &Settings) -> Result<(), AdminError> {
+    journal(settings)?;
+    store("primary", &settings.primary).migrate().await?;
+    store("backup", &settings.backup).migrate().await?;
+    Ok(())
+}
+
+/// Per-station totals from one catalog (for tests and diagnostics).
+pub async fn catalog_summary(settings: &Settings, catalog: &str) -> Result<Vec<StationSummary>, AdminError> {
+    let url = if catalog == "backup" { &settings.backup } else { &settings.primary };
+    Ok(store(catalog, url).summary().await?)
+}

@@ -1,0 +1,275 @@
+//! The collector's configuration (`/etc/ferry/collector.toml`): read as TOML,
+//! refused on any unknown key, validated once into [`Settings`].
+//!
+//! Relative paths are taken relative to the directory of the config file.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_common::codec::MAX_FRAME;
+use serde::Deserialize;
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    /// Address stations connect to, e.g. "0.0.0.0:7450".
+    listen: String,
+    /// Root of the repository where verified files are stored.
+    repository: PathBuf,
+    /// Directory for the journal, staging files and private sockets.
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    /// Station ids or certificate SHA-256 fingerprints refused although
+    /// their certificates verify.
+    #[serde(default)]
+    revoked: Vec<String>,
+    /// TLS material.
+    tls: RawTls,
+    /// Catalog databases.
+    #[serde(default)]
+    catalog: RawCatalog,
+    /// Resource limits.
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    /// The private CA's certificate (PEM) that signs station certificates.
+    ca: PathBuf,
+    /// The collector's certificate (PEM).
+    cert: PathBuf,
+    /// The collector's private key (PEM).
+    key: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    /// Primary catalog URL: `sqlite://<path>` (default
+    /// `sqlite://<state_dir>/catalog-primary.sqlite`).
+    primary: Option<String>,
+    /// Backup catalog URL, same forms (default
+    /// `sqlite://<state_dir>/catalog-backup.sqlite`).
+    backup: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    /// Most concurrent station sessions.
+    max_sessions: usize,
+    /// Bytes of chunk data a station may have in flight.
+    window_bytes: u64,
+    /// Largest chunk payload accepted.
+    max_chunk_bytes: u32,
+    /// Largest frame accepted on the wire (at most 8 MiB).
+    max_frame_bytes: u64,
+    /// Ping interval asked of agents, in seconds.
+    heartbeat_secs: u64,
+    /// Time a new connection gets for its TLS and ZMTP handshakes.
+    handshake_timeout_secs: u64,
+    /// Free space the repository's filesystem keeps; below it new data is
+    /// refused with a retryable error.
+    reserve_bytes: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_sessions: 1000,
+            window_bytes: 16 << 20,
+            max_chunk_bytes: 1 << 20,
+            max_frame_bytes: MAX_FRAME as u64,
+            heartbeat_secs: 5,
+            handshake_timeout_secs: 10,
+            reserve_bytes: 1 << 30,
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/ferry/collector")
+}
+
+/// Where a catalog lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogUrl {
+    /// An SQLite file.
+    Sqlite(PathBuf),
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub repository: PathBuf,
+    pub state_dir: PathBuf,
+    pub revoked: HashSet<String>,
+    pub tls_ca: PathBuf,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub primary: CatalogUrl,
+    pub backup: CatalogUrl,
+    pub max_sessions: usize,
+    pub window: u64,
+    pub max_chunk: u32,
+    pub max_frame: u64,
+    pub heartbeat: Duration,
+    pub handshake_timeout: Duration,
+    pub reserve: u64,
+}
+
+/// Why a configuration is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Validates configuration `text` read from `origin`.
+pub fn parse(text: &str, origin: &Path) -> Result<Settings, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: origin.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+        path: origin.to_owned(),
+        key,
+        message,
+    };
+    let base = origin.parent().unwrap_or(Path::new("."));
+    let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+    let listen: SocketAddr = raw
+        .listen
+        .parse()
+        .map_err(|e| invalid("listen", format!("{:?} is not an address:port ({e})", raw.listen)))?;
+    let state_dir = resolve(&raw.state_dir);
+    let catalog = |key: &'static str, url: Option<String>, default: &str| -> Result<CatalogUrl, ConfigError> {
+        let url = url.unwrap_or_else(|| format!("sqlite://{}", state_dir.join(default).display()));
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(invalid(key, "sqlite:// needs a file path".into()));
+            }
+            return Ok(CatalogUrl::Sqlite(resolve(Path::new(path))));
+        }
+        if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            return Err(invalid(key, "MySQL/MariaDB catalogs are not built yet; use sqlite://".into()));
+        }
+        Err(invalid(key, format!("{url:?} is not a catalog URL (sqlite://<path>)")))
+    };
+    let primary = catalog("catalog.primary", raw.catalog.primary, "catalog-primary.sqlite")?;
+    let backup = catalog("catalog.backup", raw.catalog.backup, "catalog-backup.sqlite")?;
+    if primary == backup {
+        return Err(invalid("catalog.backup", "must differ from catalog.primary".into()));
+    }
+    let l = raw.limits;
+    if l.max_frame_bytes > MAX_FRAME as u64 || l.max_frame_bytes < 64 * 1024 {
+        return Err(invalid("limits.max_frame_bytes", format!("must be between 65536 and {MAX_FRAME}")));
+    }
+    if u64::from(l.max_chunk_bytes) + 4096 > l.max_frame_bytes || l.max_chunk_bytes < 4096 {
+        return Err(invalid(
+            "limits.max_chunk_bytes",
+            "must be at least 4096 and leave 4096 bytes of the frame for its header".into(),
+        ));
+    }
+    if l.window_bytes < u64::from(l.max_chunk_bytes) {
+        return Err(invalid("limits.window_bytes", "must be at least one chunk".into()));
+    }
+    if l.heartbeat_secs == 0 || l.handshake_timeout_secs == 0 || l.max_sessions == 0 {
+        return Err(invalid("limits", "heartbeat_secs, handshake_timeout_secs and max_sessions must be positive".into()));
+    }
+    Ok(Settings {
+        listen,
+        repository: resolve(&raw.repository),
+        state_dir,
+        revoked: raw.revoked.into_iter().collect(),
+        tls_ca: resolve(&raw.tls.ca),
+        tls_cert: resolve(&raw.tls.cert),
+        tls_key: resolve(&raw.tls.key),
+        primary,
+        backup,
+        max_sessions: l.max_sessions,
+        window: l.window_bytes,
+        max_chunk: l.max_chunk_bytes,
+        max_frame: l.max_frame_bytes,
+        heartbeat: Duration::from_secs(l.heartbeat_secs),
+        handshake_timeout: Duration::from_secs(l.handshake_timeout_secs),
+        reserve: l.reserve_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../packaging/collector.toml");
+
+    #[test]
+    fn the_packaged_example_is_valid() {
+        let settings = parse(EXAMPLE, Path::new("/etc/ferry/collector.toml")).unwrap();
+        assert_eq!(settings.listen.port(), 7450);
+        assert_eq!(settings.tls_ca, Path::new("/etc/ferry/pki/ca.pem"));
+        assert_eq!(
+            settings.primary,
+            CatalogUrl::Sqlite("/var/lib/ferry/collector/catalog-primary.sqlite".into())
+        );
+    }
+
+    fn minimal(extra: &str) -> String {
+        format!(
+            "listen = \"127.0.0.1:7450\"\nrepository = \"repo\"\n{extra}\n[tls]\nca = \"ca.pem\"\ncert = \"s.pem\"\nkey = \"s.key\"\n"
+        )
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let s = parse(&minimal(""), Path::new("/srv/ferry/collector.toml")).unwrap();
+        assert_eq!(s.repository, Path::new("/srv/ferry/repo"));
+        assert_eq!(s.tls_key, Path::new("/srv/ferry/s.key"));
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        let origin = Path::new("c.toml");
+        let cases = [
+            (minimal("colour = \"blue\""), "unknown field `colour`"),
+            (minimal("").replace("127.0.0.1:7450", "nowhere"), "listen"),
+            (minimal("[catalog]\nprimary = \"postgres://x\""), "catalog.primary"),
+            (minimal("[catalog]\nprimary = \"mysql://u:p@h/db\""), "not built yet"),
+            (minimal("[catalog]\nprimary = \"sqlite://a\"\nbackup = \"sqlite://a\""), "must differ"),
+            (minimal("[limits]\nmax_frame_bytes = 99999999"), "limits.max_frame_bytes"),
+            (minimal("[limits]\nwindow_bytes = 1"), "limits.window_bytes"),
+            ("listen = \"127.0.0.1:1\"".to_owned(), "missing field"),
+        ];
+        for (text, expected) in cases {
+            let err = parse(&text, origin).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err:?} lacks {expected:?}");
+            assert!(err.starts_with("c.toml"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! The collector's durable journal (SQLite, WAL): every stored file's catalog
+//! record, committed before the station's ack, kept until both catalogs have
+//! applied it; and the index of what the repository holds.
+//!
+//! The journal is what makes either catalog database optional for a while:
+//! an ack never waits for a catalog, only for this file. Each catalog's
+//! applier reads records after its own applied position (kept in that
+//! catalog) and reports it back here, and records every catalog has applied
+//! are pruned.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ferry_common::protocol::Sha256;
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// One file's catalog record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub station: String,
+    /// `<root>/<relative path>` as offered by the station.
+    pub path: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub sha256: Sha256,
+    /// Where the content is, relative to the repository root.
+    pub stored_as: String,
+    /// Unix milliseconds when the collector stored the file.
+    pub received_at: i64,
+    /// The batch that carried it: `<session hex>/<batch>`.
+    pub transfer: String,
+}
+
+/// Journal failures.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("journal {path} has schema version {found}, this build knows up to {known}")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+}
+
+const SCHEMA: &[&str] = &[
+    // Version 1.
+    "CREATE TABLE records (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        station TEXT NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        sha256 BLOB NOT NULL,
+        stored_as TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        transfer TEXT NOT NULL
+    );
+    CREATE TABLE stored (
+        station TEXT NOT NULL,
+        path TEXT NOT NULL,
+        sha256 BLOB NOT NULL,
+        stored_as TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL,
+        stored_at INTEGER NOT NULL,
+        PRIMARY KEY (station, path, sha256)
+    ) WITHOUT ROWID;
+    CREATE TABLE failures (
+        station TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX failures_by_station ON failures (station, at);
+    CREATE TABLE positions (
+        catalog TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL
+    ) WITHOUT ROWID;",
+];
+
+/// The journal; cheap to clone, safe to share between tasks (calls block:
+/// run them on a blocking thread).
+#[derive(Debug, Clone)]
+pub struct Journal {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Journal {
+    /// Opens (creating and migrating) the journal at `path`.
+    pub fn open(path: &Path) -> Result<Self, JournalError> {
+        let err = |source| JournalError::Sqlite {
+            path: path.to_owned(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(err)?;
+        // FULL: an ack promises the record survives power loss, not only a
+        // crash of the process.
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
+        )
+        .map_err(err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
+        let known = SCHEMA.len() as i64;
+        if version > known {
+            return Err(JournalError::TooNew {
+                path: path.to_owned(),
+                found: version,
+                known,
+            });
+        }
+        for (i, step) in SCHEMA.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction().map_err(err)?;
+            tx.execute_batch(step).map_err(err)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+                .map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
+        |source| JournalError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Appends `records` and indexes their content, in one transaction.
+    /// Returns the sequence number of the last record.
+    pub fn append(&self, records: &[Record]) -> Result<u64, JournalError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.err())?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO records (station, path, size, mtime_ns, sha256, stored_as, received_at, transfer)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(self.err())?;
+            let mut index = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO stored (station, path, sha256, stored_as, size, stored_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(self.err())?;
+            for r in records {
+                insert
+                    .execute(params![
+                        r.station,
+                        r.path,
+                        r.size as i64,
+                        r.mtime_ns,
+                        &r.sha256[..],
+                        r.stored_as,
+                        r.received_at,
+                        r.transfer
+                    ])
+                    .map_err(self.err())?;
+                index
+                    .execute(params![
+                        r.station,
+                        r.path,
+                        &r.sha256[..],
+                        r.stored_as,
+                        r.size as i64,
+                        r.received_at
+                    ])
+                    .map_err(self.err())?;
+            }
+        }
+        let last: i64 = tx
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM records", [], |r| r.get(0))
+            .map_err(self.err())?;
+        tx.commit().map_err(self.err())?;
+        Ok(last as u64)
+    }
+
+    /// Where the repository holds this content for this path, if it does.
+    pub fn lookup(&self, station: &str, path: &str, sha256: &Sha256) -> Result<Option<String>, JournalError> {
+        self.lock()
+            .query_row(
+                "SELECT stored_as FROM stored WHERE station = ?1 AND path = ?2 AND sha256 = ?3",
+                params![station, path, &sha256[..]],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// The content hash of a stored name, if the index knows it.
+    pub fn content_of(&self, stored_as: &str) -> Result<Option<Sha256>, JournalError> {
+        let blob: Option<Vec<u8>> = self
+            .lock()
+            .query_row(
+                "SELECT sha256 FROM stored WHERE stored_as = ?1",
+                params![stored_as],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?;
+        Ok(blob.and_then(|b| b.try_into().ok()))
+    }
+
+    /// Up to `limit` records after sequence number `after`, oldest first.
+    pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Record)>, JournalError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, station, path, size, mtime_ns, sha256, stored_as, received_at, transfer
+                 FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![after as i64, limit as i64], |r| {
+                let sha: Vec<u8> = r.get(5)?;
+                let mut sha256 = [0u8; 32];
+                if sha.len() == 32 {
+                    sha256.copy_from_slice(&sha);
+                }
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    Record {
+                        station: r.get(1)?,
+                        path: r.get(2)?,
+                        size: r.get::<_, i64>(3)? as u64,
+                        mtime_ns: r.get(4)?,
+                        sha256,
+                        stored_as: r.get(6)?,
+                        received_at: r.get(7)?,
+                        transfer: r.get(8)?,
+                    },
+                ))
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+
+    /// Registers the catalogs whose positions govern pruning.
+    pub fn register(&self, catalogs: &[&str]) -> Result<(), JournalError> {
+        let conn = self.lock();
+        for catalog in catalogs {
+            conn.execute(
+                "INSERT OR IGNORE INTO positions (catalog, seq) VALUES (?1, 0)",
+                params![catalog],
+            )
+            .map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    /// Records that `catalog` has applied everything up to `seq`, and prunes
+    /// what every registered catalog has applied.
+    pub fn applied(&self, catalog: &str, seq: u64) -> Result<(), JournalError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.err())?;
+        tx.execute(
+            "INSERT INTO positions (catalog, seq) VALUES (?1, ?2)
+             ON CONFLICT (catalog) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+            params![catalog, seq as i64],
+        )
+        .map_err(self.err())?;
+        tx.execute(
+            "DELETE FROM records WHERE seq <= (SELECT MIN(seq) FROM positions)",
+            [],
+        )
+        .map_err(self.err())?;
+        tx.commit().map_err(self.err())
+    }
+
+    /// Records `catalog` has not applied yet, per station.
+    pub fn pending(&self, catalog: &str) -> Result<Vec<(String, u64)>, JournalError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT station, COUNT(*) FROM records
+                 WHERE seq > COALESCE((SELECT seq FROM positions WHERE catalog = ?1), 0)
+                 GROUP BY station ORDER BY station",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![catalog], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+
+    /// What the repository holds for `station`: files, bytes, the newest
+    /// store time (unix ms), and records not yet applied to (primary, backup).
+    pub fn station_stats(&self, station: &str) -> Result<(u64, u64, Option<i64>, (u64, u64)), JournalError> {
+        let conn = self.lock();
+        let (files, bytes, last): (i64, i64, Option<i64>) = conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0), MAX(stored_at) FROM stored WHERE station = ?1",
+                params![station],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(self.err())?;
+        let pending = |catalog: &str| -> Result<u64, JournalError> {
+            conn.query_row(
+                "SELECT COUNT(*) FROM records WHERE station = ?1
+                 AND seq > COALESCE((SELECT seq FROM positions WHERE catalog = ?2), 0)",
+                params![station, catalog],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(self.err())
+        };
+        Ok((files as u64, bytes as u64, last, (pending("primary")?, pending("backup")?)))
+    }
+
+    /// Notes a file that failed for `station` (for status), keeping a week.
+    pub fn record_failure(&self, station: &str, path: &str, message: &str, at_ms: i64) -> Result<(), JournalError> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO failures (station, at, path, message) VALUES (?1, ?2, ?3, ?4)",
+            params![station, at_ms, path, message],
+        )
+        .map_err(self.err())?;
+        conn.execute("DELETE FROM failures WHERE at < ?1", params![at_ms - 7 * 86_400_000])
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Failures of `station` since `since_ms`, newest first (at most `limit`).
+    pub fn failures(&self, station: &str, since_ms: i64, limit: usize) -> Result<Vec<(i64, String, String)>, JournalError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT at, path, message FROM failures WHERE station = ?1 AND at >= ?2 ORDER BY at DESC LIMIT ?3",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![station, since_ms, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+
+    /// Every station the repository holds files of.
+    pub fn stations(&self) -> Result<Vec<String>, JournalError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT DISTINCT station FROM stored UNION SELECT DISTINCT station FROM failures ORDER BY 1")
+            .map_err(self.err())?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+
+    /// Records held in the journal (not yet applied everywhere).
+    pub fn len(&self) -> Result<u64, JournalError> {
+        self.lock()
+            .query_row("SELECT COUNT(*) FROM records", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(self.err())
+    }
+
+    /// Whether the journal holds no record.
+    pub fn is_empty(&self) -> Result<bool, JournalError> {
+        Ok(self.len()? == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(path: &str, sha: u8) -> Record {
+        Record {
+            station: "s1".into(),
+            path: path.into(),
+            size: 3,
+            mtime_ns: 7,
+            sha256: [sha; 32],
+            stored_as: format!("s1/{path}"),
+            received_at: 1000,
+            transfer: "00/1".into(),
+        }
+    }
+
+    #[test]
+    fn records_stay_until_every_catalog_applied_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("j.sqlite")).unwrap();
+        journal.register(&["primary", "backup"]).unwrap();
+        let last = journal.append(&[record("a/1", 1), record("a/2", 2), record("a/3", 3)]).unwrap();
+        assert_eq!(last, 3);
+        journal.applied("primary", 3).unwrap();
+        assert_eq!(journal.len().unwrap(), 3, "backup has applied nothing yet");
+        assert_eq!(journal.pending("backup").unwrap(), vec![("s1".to_owned(), 3)]);
+        assert!(journal.pending("primary").unwrap().is_empty());
+        journal.applied("backup", 2).unwrap();
+        assert_eq!(journal.len().unwrap(), 1);
+        let rest = journal.read_after(0, 10).unwrap();
+        assert_eq!(rest, vec![(3, record("a/3", 3))]);
+        // Positions never go backwards.
+        journal.applied("backup", 1).unwrap();
+        assert_eq!(journal.pending("backup").unwrap(), vec![("s1".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn the_index_outlives_pruning_and_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        {
+            let journal = Journal::open(&path).unwrap();
+            journal.register(&["primary"]).unwrap();
+            journal.append(&[record("a/1", 1)]).unwrap();
+            journal.applied("primary", 1).unwrap();
+            assert!(journal.is_empty().unwrap());
+        }
+        let journal = Journal::open(&path).unwrap();
+        assert_eq!(journal.lookup("s1", "a/1", &[1; 32]).unwrap().as_deref(), Some("s1/a/1"));
+        assert_eq!(journal.lookup("s1", "a/1", &[2; 32]).unwrap(), None);
+        assert_eq!(journal.content_of("s1/a/1").unwrap(), Some([1; 32]));
+        // Sequence numbers keep growing after pruning (AUTOINCREMENT).
+        assert_eq!(journal.append(&[record("a/2", 2)]).unwrap(), 2);
+    }
+}

@@ -1,0 +1,549 @@
+//! The repository: verified files under `<repository>/<station>/<root>/<path>`,
+//! and the staging area where their bytes arrive first.
+//!
+//! Content is written to a staging file named after what was offered
+//! (station, root, path, size, mtime), hashed as it is written, and on commit
+//! fsynced and hard-linked under its final name. A hard link never replaces an
+//! existing file, so nothing stored is ever overwritten: new content for a
+//! path that is taken goes beside it, under a name carrying a short hash of
+//! the content. A staging file survives disconnects and restarts, so a
+//! transfer resumes from the bytes already staged.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use ferry_common::protocol::Sha256;
+use ferry_common::station::StationId;
+
+/// Longest relative path accepted, in bytes.
+pub const MAX_PATH: usize = 4096;
+/// Longest single path component accepted, in bytes (the usual NAME_MAX).
+pub const MAX_COMPONENT: usize = 255;
+/// Hex digits of the content hash put in the name of a file stored beside
+/// another with the same path.
+const SHORT_HASH: usize = 12;
+
+/// Why a path offered by a station is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path is empty")]
+    Empty,
+    #[error("path {0:?} is absolute")]
+    Absolute(String),
+    #[error("path {0:?} contains a NUL byte")]
+    Nul(String),
+    #[error("path {0:?} has a '.' or '..' component")]
+    DotComponent(String),
+    #[error("path {0:?} has an empty component")]
+    EmptyComponent(String),
+    #[error("path {0:?} contains a backslash")]
+    Backslash(String),
+    #[error("path is {len} bytes long, the limit is {MAX_PATH}")]
+    TooLong { len: usize },
+    #[error("path {path:?} has a component of {len} bytes, the limit is {MAX_COMPONENT}")]
+    ComponentTooLong { path: String, len: usize },
+    #[error("root name {0:?} is not valid: {1}")]
+    Root(String, String),
+}
+
+/// Checks a station-relative path and returns it unchanged if it is safe to
+/// join under the station's area. Nothing is rewritten: a path that would
+/// need normalising is refused, so the stored name is always the offered one.
+pub fn check_path(path: &str) -> Result<&str, PathError> {
+    if path.is_empty() {
+        return Err(PathError::Empty);
+    }
+    if path.len() > MAX_PATH {
+        return Err(PathError::TooLong { len: path.len() });
+    }
+    if path.contains('\0') {
+        return Err(PathError::Nul(path.into()));
+    }
+    if path.starts_with('/') {
+        return Err(PathError::Absolute(path.into()));
+    }
+    if path.contains('\\') {
+        // Not a separator here, but one on the systems that read the
+        // repository over SMB; refuse rather than create ambiguous names.
+        return Err(PathError::Backslash(path.into()));
+    }
+    for component in path.split('/') {
+        match component {
+            "" => return Err(PathError::EmptyComponent(path.into())),
+            "." | ".." => return Err(PathError::DotComponent(path.into())),
+            c if c.len() > MAX_COMPONENT => {
+                return Err(PathError::ComponentTooLong {
+                    path: path.into(),
+                    len: c.len(),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(path)
+}
+
+/// Checks a root name: the same rules as station ids (one safe component).
+pub fn check_root(root: &str) -> Result<&str, PathError> {
+    StationId::new(root).map_err(|e| PathError::Root(root.into(), e.to_string()))?;
+    Ok(root)
+}
+
+/// Failures of the repository's file operations.
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("chunk at offset {offset} for {path} but {expected} bytes are staged")]
+    OutOfOrder {
+        path: PathBuf,
+        offset: u64,
+        expected: u64,
+    },
+    #[error("{path}: {got} bytes would exceed the offered size of {size}")]
+    Oversize { path: PathBuf, got: u64, size: u64 },
+}
+
+impl RepositoryError {
+    /// Whether the error is the disk (or quota) being full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, RepositoryError::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(28) | Some(122)))
+    }
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RepositoryError + 'a {
+    move |source| RepositoryError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What a station offered, enough to name its staging file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub station: StationId,
+    pub root: String,
+    pub path: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+impl FileKey {
+    /// The catalog path of the file: `<root>/<path>`.
+    pub fn catalog_path(&self) -> String {
+        format!("{}/{}", self.root, self.path)
+    }
+}
+
+/// The repository root and its staging area.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    root: PathBuf,
+    staging: PathBuf,
+}
+
+/// A file being received: its staging file, open for appending, and the hash
+/// of everything written so far.
+pub struct Staged {
+    pub key: FileKey,
+    pub path: PathBuf,
+    file: File,
+    len: u64,
+    hash: ring::digest::Context,
+}
+
+/// Where committed content ended up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// Newly linked under `stored_as` (relative to the repository root).
+    Stored { stored_as: String },
+    /// The same content already sits at `stored_as`.
+    AlreadyThere { stored_as: String },
+}
+
+impl Repository {
+    /// Opens (creating if needed) a repository and its staging area.
+    pub fn open(root: &Path, staging: &Path) -> Result<Self, RepositoryError> {
+        for dir in [root, staging] {
+            std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        }
+        Ok(Self {
+            root: root.to_owned(),
+            staging: staging.to_owned(),
+        })
+    }
+
+    /// The repository root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Bytes already staged for `key` (0 if none), without opening it.
+    pub fn staged_len(&self, key: &FileKey) -> u64 {
+        std::fs::metadata(self.staging_path(key))
+            .map(|m| m.len())
+            .unwrap_or(0)
+            .min(key.size)
+    }
+
+    /// Opens the staging file for `key`, hashing what it already holds.
+    pub fn stage(&self, key: FileKey) -> Result<Staged, RepositoryError> {
+        let path = self.staging_path(&key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        let mut len = file.metadata().map_err(io_err("stat", &path))?.len();
+        if len > key.size {
+            // Cannot be this offer's prefix; start over.
+            file.set_len(0).map_err(io_err("truncate", &path))?;
+            len = 0;
+        }
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = file.read(&mut buf).map_err(io_err("read", &path))?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            left = left.saturating_sub(n as u64);
+        }
+        Ok(Staged {
+            key,
+            path,
+            file,
+            len,
+            hash,
+        })
+    }
+
+    fn staging_path(&self, key: &FileKey) -> PathBuf {
+        let mut id = ring::digest::Context::new(&ring::digest::SHA256);
+        for part in [key.root.as_bytes(), key.path.as_bytes()] {
+            id.update(&(part.len() as u64).to_le_bytes());
+            id.update(part);
+        }
+        id.update(&key.size.to_le_bytes());
+        id.update(&key.mtime_ns.to_le_bytes());
+        self.staging
+            .join(key.station.as_str())
+            .join(format!("{}.part", hex(&id.finish().as_ref()[..16])))
+    }
+
+    /// Links verified, fsynced content under its final name, or finds the
+    /// same content already there. `known` answers what content a stored
+    /// name holds, if the journal knows (else the file is hashed).
+    pub fn place(
+        &self,
+        staged: &Staged,
+        sha256: &Sha256,
+        known: impl Fn(&str) -> Option<Sha256>,
+    ) -> Result<Placement, RepositoryError> {
+        let key = &staged.key;
+        let primary = format!("{}/{}/{}", key.station, key.root, key.path);
+        let target = self.root.join(&primary);
+        let dir = target.parent().unwrap_or(&self.root).to_owned();
+        self.create_dirs(&dir)?;
+        for stored_as in [primary.clone(), beside(&primary, sha256)] {
+            let target = self.root.join(&stored_as);
+            match std::fs::hard_link(&staged.path, &target) {
+                Ok(()) => {
+                    sync_dir(&dir)?;
+                    return Ok(Placement::Stored { stored_as });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let there = match known(&stored_as) {
+                        Some(sha) => sha,
+                        None => hash_file(&target)?,
+                    };
+                    if &there == sha256 {
+                        return Ok(Placement::AlreadyThere { stored_as });
+                    }
+                }
+                Err(e) => return Err(io_err("link", &target)(e)),
+            }
+        }
+        // Both the path and its hashed sibling hold other content: only a
+        // 48-bit hash-prefix collision gets here. Use the full hash.
+        let stored_as = beside_full(&primary, sha256);
+        let target = self.root.join(&stored_as);
+        match std::fs::hard_link(&staged.path, &target) {
+            Ok(()) => {
+                sync_dir(&dir)?;
+                Ok(Placement::Stored { stored_as })
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Ok(Placement::AlreadyThere { stored_as })
+            }
+            Err(e) => Err(io_err("link", &target)(e)),
+        }
+    }
+
+    /// Removes a staging file once its content is placed (or refused).
+    pub fn discard(&self, staged: Staged) -> Result<(), RepositoryError> {
+        let path = staged.path.clone();
+        drop(staged);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", &path)(e)),
+        }
+    }
+
+    /// Creates `dir` and any missing parents, fsyncing each new entry's
+    /// parent so the directories survive a crash.
+    fn create_dirs(&self, dir: &Path) -> Result<(), RepositoryError> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = dir.parent() {
+            self.create_dirs(parent)?;
+        }
+        match std::fs::create_dir(dir) {
+            Ok(()) => sync_dir(dir.parent().unwrap_or(dir)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(io_err("create", dir)(e)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged")
+            .field("key", &self.key)
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Staged {
+    /// Bytes staged so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing is staged yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends a chunk that must start where the staged bytes end.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), RepositoryError> {
+        if offset != self.len {
+            return Err(RepositoryError::OutOfOrder {
+                path: self.path.clone(),
+                offset,
+                expected: self.len,
+            });
+        }
+        let got = self.len + data.len() as u64;
+        if got > self.key.size {
+            return Err(RepositoryError::Oversize {
+                path: self.path.clone(),
+                got,
+                size: self.key.size,
+            });
+        }
+        if let Err(e) = self.file.write_all(data) {
+            // Leave no torn tail: the staged length must match the hash.
+            let _ = self.file.set_len(self.len);
+            return Err(io_err("write", &self.path)(e));
+        }
+        self.hash.update(data);
+        self.len = got;
+        Ok(())
+    }
+
+    /// The SHA-256 of everything staged (the hash state goes on).
+    pub fn sha256(&self) -> Sha256 {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.hash.clone().finish().as_ref());
+        out
+    }
+
+    /// Flushes the staged content to disk.
+    pub fn sync(&self) -> Result<(), RepositoryError> {
+        self.file.sync_data().map_err(io_err("fsync", &self.path))
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), RepositoryError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync", dir))
+}
+
+fn hash_file(path: &Path) -> Result<Sha256, RepositoryError> {
+    let mut file = File::open(path).map_err(io_err("open", path))?;
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf).map_err(io_err("read", path))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(hash.finish().as_ref());
+    Ok(out)
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `dir/name.ext` → `dir/name.<short hash>.ext` (or `name.<hash>` without an
+/// extension), so the sibling still opens with the same tools.
+fn beside(path: &str, sha256: &Sha256) -> String {
+    with_tag(path, &hex(sha256)[..SHORT_HASH])
+}
+
+fn beside_full(path: &str, sha256: &Sha256) -> String {
+    with_tag(path, &hex(sha256))
+}
+
+fn with_tag(path: &str, tag: &str) -> String {
+    let (dir, name) = match path.rsplit_once('/') {
+        Some((dir, name)) => (Some(dir), name),
+        None => (None, path),
+    };
+    let tagged = match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem}.{tag}.{ext}"),
+        _ => format!("{name}.{tag}"),
+    };
+    match dir {
+        Some(dir) => format!("{dir}/{tagged}"),
+        None => tagged,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(path: &str, size: u64) -> FileKey {
+        FileKey {
+            station: StationId::new("s1").unwrap(),
+            root: "spectrum".into(),
+            path: path.into(),
+            size,
+            mtime_ns: 5,
+        }
+    }
+
+    fn sha(data: &[u8]) -> Sha256 {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
+        out
+    }
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        let long_component = "x".repeat(256);
+        let long_path = "a/".repeat(2049);
+        for (path, what) in [
+            ("", "empty"),
+            ("/etc/passwd", "absolute"),
+            ("../other/x", "'..'"),
+            ("a/../../x", "'..'"),
+            ("a/./b", "'.'"),
+            ("a//b", "empty component"),
+            ("a/", "empty component"),
+            ("a\0b", "NUL"),
+            ("a\\..\\b", "backslash"),
+            (long_component.as_str(), "component of 256"),
+            (long_path.as_str(), "limit is 4096"),
+        ] {
+            let err = check_path(path).unwrap_err().to_string();
+            assert!(err.contains(what), "{path:?}: {err}");
+        }
+        for path in ["a", "2022/03/rfeye002073_220307_T175758.bin", "ünï cödé/..x/x..", "line\nbreak"] {
+            assert_eq!(check_path(path), Ok(path));
+        }
+        assert!(check_root("..").is_err());
+        assert!(check_root("spectrum").is_ok());
+    }
+
+    #[test]
+    fn a_staged_file_resumes_with_its_hash_and_is_placed_under_its_final_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open(&dir.path().join("repo"), &dir.path().join("staging")).unwrap();
+        let data = b"hello ferry, this is a measurement".to_vec();
+        let k = key("2022/a.bin", data.len() as u64);
+        let mut staged = repo.stage(k.clone()).unwrap();
+        staged.write(0, &data[..10]).unwrap();
+        drop(staged);
+        assert_eq!(repo.staged_len(&k), 10);
+
+        let mut staged = repo.stage(k.clone()).unwrap();
+        assert_eq!(staged.len(), 10);
+        assert!(matches!(staged.write(0, &data[..5]), Err(RepositoryError::OutOfOrder { expected: 10, .. })));
+        staged.write(10, &data[10..]).unwrap();
+        assert!(matches!(staged.write(data.len() as u64, b"x"), Err(RepositoryError::Oversize { .. })));
+        assert_eq!(staged.sha256(), sha(&data));
+        staged.sync().unwrap();
+        let placed = repo.place(&staged, &sha(&data), |_| None).unwrap();
+        assert_eq!(placed, Placement::Stored { stored_as: "s1/spectrum/2022/a.bin".into() });
+        repo.discard(staged).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("repo/s1/spectrum/2022/a.bin")).unwrap(), data);
+        assert_eq!(repo.staged_len(&k), 0);
+    }
+
+    #[test]
+    fn new_content_for_a_stored_path_goes_beside_it_and_nothing_is_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open(&dir.path().join("repo"), &dir.path().join("staging")).unwrap();
+        let place = |data: &[u8], mtime: i64| {
+            let mut k = key("log.csv", data.len() as u64);
+            k.mtime_ns = mtime;
+            let mut staged = repo.stage(k).unwrap();
+            staged.write(0, data).unwrap();
+            let placed = repo.place(&staged, &sha(data), |_| None).unwrap();
+            repo.discard(staged).unwrap();
+            placed
+        };
+        assert_eq!(place(b"first", 1), Placement::Stored { stored_as: "s1/spectrum/log.csv".into() });
+        let second = place(b"second", 2);
+        let tag = &hex(&sha(b"second"))[..12];
+        assert_eq!(second, Placement::Stored { stored_as: format!("s1/spectrum/log.{tag}.csv") });
+        // The same content again is recognised, not stored a third time.
+        assert_eq!(place(b"first", 3), Placement::AlreadyThere { stored_as: "s1/spectrum/log.csv".into() });
+        assert_eq!(place(b"second", 4), second.clone().into_already());
+        assert_eq!(std::fs::read(dir.path().join("repo/s1/spectrum/log.csv")).unwrap(), b"first");
+    }
+
+    impl Placement {
+        fn into_already(self) -> Placement {
+            match self {
+                Placement::Stored { stored_as } | Placement::AlreadyThere { stored_as } => {
+                    Placement::AlreadyThere { stored_as }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tags_go_before_the_extension() {
+        let s = [0xabu8; 32];
+        assert_eq!(beside("a/b/x.bin", &s), "a/b/x.abababababab.bin");
+        assert_eq!(beside("noext", &s), "noext.abababababab");
+        assert_eq!(beside("d/.hidden", &s), "d/.hidden.abababababab");
+    }
+}

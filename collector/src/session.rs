@@ -1,0 +1,509 @@
+//! Station sessions: one task per connected station, fed by a dispatcher
+//! that reads the ROUTER.
+//!
+//! A session answers offers with what it needs (the staged offset, or
+//! nothing for content the repository already holds), writes chunks to
+//! staging, and when every file of a batch is committed, verifies, fsyncs and
+//! places them, appends their catalog records to the journal in one
+//! transaction, and only then sends the batch's ack.
+//!
+//! Fairness and memory: each session's queue holds at most the flow-control
+//! window's worth of chunks; the dispatcher never waits on a session, and a
+//! station that sends beyond its window is disconnected.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_common::link::{Incoming, Peer, ServerLink, ServerSender, admit_hello, malformed};
+use ferry_common::protocol::*;
+use ferry_common::station::StationId;
+use tokio::sync::{Mutex, Notify, mpsc, watch};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::journal::{Journal, Record};
+use crate::repository::{self, FileKey, Placement, Repository, Staged};
+
+/// What every session shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub repository: Repository,
+    pub journal: Journal,
+    /// Notified after every journal append, to wake the appliers.
+    pub applied_wake: Vec<Arc<Notify>>,
+    /// Largest chunk payload accepted.
+    pub max_chunk: u32,
+    /// Bytes a station may send beyond the last credit.
+    pub window: u64,
+    /// Ping interval asked of agents.
+    pub heartbeat: Duration,
+    /// Free bytes the repository's filesystem must keep; below it offers are
+    /// refused with a retryable "disk full".
+    pub reserve: u64,
+    /// Most sessions at once; more are told to retry later.
+    pub max_sessions: usize,
+}
+
+struct SessionHandle {
+    tx: mpsc::Sender<Message>,
+    station: StationId,
+}
+
+/// Reads frames from `link` and runs a session per station until `shutdown`.
+pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let sender = link.sender();
+    let mut sessions: HashMap<Bytes, SessionHandle> = HashMap::new();
+    let mut station_locks: HashMap<StationId, Arc<Mutex<()>>> = HashMap::new();
+    let depth = (shared.window / u64::from(shared.max_chunk.max(1))) as usize + 32;
+    let mut sweep = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        let Incoming { peer, frame } = tokio::select! {
+            incoming = link.recv() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+            _ = sweep.tick() => {
+                // Sessions whose connection is gone end here.
+                sessions.retain(|identity, _| link.is_connected(identity));
+                continue;
+            }
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let message = match frame {
+            Ok(frame) => frame.message,
+            Err(error) => {
+                warn!(station = %peer.station, %error, "bad frame; disconnecting");
+                let _ = sender.send(&peer, Message::Error(malformed(&error))).await;
+                sessions.remove(&peer.identity);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                link.disconnect(&peer);
+                continue;
+            }
+        };
+        if let Some(handle) = sessions.get(&peer.identity) {
+            match handle.tx.try_send(message) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    warn!(station = %peer.station, "station exceeded its window; disconnecting");
+                    let error = ErrorFrame::new(ErrorCode::TooLarge, "flow-control window exceeded");
+                    let _ = sender.send(&peer, Message::Error(error)).await;
+                    sessions.remove(&peer.identity);
+                    link.disconnect(&peer);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    sessions.remove(&peer.identity);
+                }
+            }
+            continue;
+        }
+        let Message::Hello(hello) = message else {
+            let error = ErrorFrame::new(ErrorCode::UnexpectedMessage, "the session starts with Hello");
+            let _ = sender.send(&peer, Message::Error(error)).await;
+            continue;
+        };
+        let version = match admit_hello(&peer, &hello) {
+            Ok(version) => version,
+            Err(error) => {
+                warn!(station = %peer.station, %error, "hello refused");
+                let _ = sender.send(&peer, Message::Error(error)).await;
+                continue;
+            }
+        };
+        // A station reconnecting replaces its previous session.
+        let stale: Vec<Bytes> = sessions
+            .iter()
+            .filter(|(_, h)| h.station == peer.station)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for identity in stale {
+            sessions.remove(&identity);
+            link.disconnect_identity(&identity);
+        }
+        if sessions.len() >= shared.max_sessions {
+            let error = ErrorFrame::new(ErrorCode::Busy, "collector at its session limit");
+            let _ = sender.send(&peer, Message::Error(error)).await;
+            continue;
+        }
+        let (tx, rx) = mpsc::channel(depth);
+        let lock = station_locks.entry(peer.station.clone()).or_default().clone();
+        let span = info_span!("session", station = %peer.station, session = %format!("{:016x}", hello.session));
+        let session = Session::new(peer.clone(), shared.clone(), sender.clone(), hello.session);
+        let welcome = Welcome {
+            version,
+            software: format!("ferry-collector {}", env!("CARGO_PKG_VERSION")),
+            max_chunk: shared.max_chunk,
+            window: shared.window,
+            heartbeat_ms: shared.heartbeat.as_millis() as u32,
+        };
+        tokio::spawn(
+            async move {
+                // The previous session of this station (if any) finishes
+                // before this one touches its staging files.
+                let _guard = lock.lock().await;
+                info!(software = %hello.software, "session open");
+                session.run(welcome, rx).await;
+                info!("session closed");
+            }
+            .instrument(span),
+        );
+        sessions.insert(peer.identity.clone(), SessionHandle { tx, station: peer.station.clone() });
+    }
+}
+
+struct Offered {
+    key: FileKey,
+}
+
+#[derive(Default)]
+struct Batch {
+    /// Files still expected to commit.
+    waiting: HashSet<u32>,
+    /// Results decided so far.
+    results: Vec<FileResult>,
+    /// Committed files, verified, to be placed when the batch completes.
+    committed: Vec<(u32, Staged, Sha256)>,
+}
+
+struct Session {
+    peer: Peer,
+    shared: Arc<Shared>,
+    sender: ServerSender,
+    session: u64,
+    offered: HashMap<(u64, u32), Offered>,
+    staged: HashMap<(u64, u32), Staged>,
+    batches: HashMap<u64, Batch>,
+    consumed: u64,
+    credited: u64,
+}
+
+impl Session {
+    fn new(peer: Peer, shared: Arc<Shared>, sender: ServerSender, session: u64) -> Self {
+        Self {
+            peer,
+            shared,
+            sender,
+            session,
+            offered: HashMap::new(),
+            staged: HashMap::new(),
+            batches: HashMap::new(),
+            consumed: 0,
+            credited: 0,
+        }
+    }
+
+    async fn send(&self, message: Message) {
+        let _ = self.sender.send(&self.peer, message).await;
+    }
+
+    async fn run(mut self, welcome: Welcome, mut rx: mpsc::Receiver<Message>) {
+        self.send(Message::Welcome(welcome)).await;
+        while let Some(message) = rx.recv().await {
+            match message {
+                Message::Offer(offer) => self.offer(offer).await,
+                Message::Chunk(chunk) => self.chunk(chunk).await,
+                Message::Commit(commit) => self.commit(commit).await,
+                Message::StatusQuery(_) => self.status().await,
+                Message::Pong(_) | Message::Ping(_) => {}
+                other => {
+                    let what = format!("{other:?}");
+                    let error = ErrorFrame::new(
+                        ErrorCode::UnexpectedMessage,
+                        format!("{} not expected from a station", what.split('(').next().unwrap_or("message")),
+                    );
+                    self.send(Message::Error(error)).await;
+                }
+            }
+        }
+    }
+
+    fn disk_full(&self) -> bool {
+        match rustix::fs::statvfs(self.shared.repository.root()) {
+            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize) < self.shared.reserve,
+            Err(_) => false,
+        }
+    }
+
+    async fn offer(&mut self, offer: Offer) {
+        let span = info_span!("batch", batch = offer.batch, files = offer.files.len());
+        let _enter = span.enter();
+        let full = self.disk_full();
+        let mut needs = Vec::with_capacity(offer.files.len());
+        let mut batch = Batch::default();
+        for file in offer.files {
+            let refuse = |batch: &mut Batch, error: ErrorFrame| {
+                batch.results.push(FileResult { id: file.id, outcome: Outcome::Failed(error.clone()) });
+                FileNeed { id: file.id, need: Need::Refused(error) }
+            };
+            if let Err(e) = repository::check_root(&file.root).and_then(|_| repository::check_path(&file.path)) {
+                warn!(root = %file.root, path = ?file.path, error = %e, "path refused");
+                needs.push(refuse(&mut batch, ErrorFrame::new(ErrorCode::PathRefused, e.to_string())));
+                continue;
+            }
+            if batch.waiting.contains(&file.id) || self.offered.contains_key(&(offer.batch, file.id)) {
+                needs.push(refuse(&mut batch, ErrorFrame::new(ErrorCode::UnexpectedMessage, "file id offered twice")));
+                continue;
+            }
+            let key = FileKey {
+                station: self.peer.station.clone(),
+                root: file.root,
+                path: file.path,
+                size: file.size,
+                mtime_ns: file.mtime_ns,
+            };
+            if let Some(sha) = file.sha256 {
+                let journal = self.shared.journal.clone();
+                let (station, path) = (key.station.to_string(), key.catalog_path());
+                let found = tokio::task::spawn_blocking(move || journal.lookup(&station, &path, &sha)).await;
+                if let Ok(Ok(Some(stored_as))) = found {
+                    batch.results.push(FileResult { id: file.id, outcome: Outcome::AlreadyStored { sha256: sha, stored_as } });
+                    needs.push(FileNeed { id: file.id, need: Need::AlreadyHave });
+                    continue;
+                }
+            }
+            if full {
+                needs.push(refuse(&mut batch, ErrorFrame::new(ErrorCode::DiskFull, "repository is below its free-space reserve; retry later")));
+                continue;
+            }
+            let offset = self.shared.repository.staged_len(&key);
+            batch.waiting.insert(file.id);
+            self.offered.insert((offer.batch, file.id), Offered { key });
+            needs.push(FileNeed { id: file.id, need: Need::From { offset } });
+        }
+        if full {
+            warn!("repository below its free-space reserve; offers refused");
+        }
+        self.send(Message::OfferReply(OfferReply { batch: offer.batch, files: needs })).await;
+        let id = offer.batch;
+        self.batches.insert(id, batch);
+        drop(_enter);
+        self.maybe_finish(id).await;
+    }
+
+    /// The staged file for (batch, file), opened on first use.
+    fn staged(&mut self, batch: u64, file: u32) -> Result<&mut Staged, ErrorFrame> {
+        if !self.staged.contains_key(&(batch, file)) {
+            let offered = self.offered.get(&(batch, file)).ok_or_else(|| {
+                ErrorFrame::new(ErrorCode::UnexpectedMessage, format!("file {file} of batch {batch} was not offered"))
+            })?;
+            let staged = tokio::task::block_in_place(|| self.shared.repository.stage(offered.key.clone()))
+                .map_err(|e| repository_error(&e))?;
+            self.staged.insert((batch, file), staged);
+        }
+        self.staged
+            .get_mut(&(batch, file))
+            .ok_or_else(|| ErrorFrame::new(ErrorCode::Internal, "staged file vanished"))
+    }
+
+    async fn chunk(&mut self, chunk: Chunk) {
+        let len = chunk.data.len() as u64;
+        self.consumed += len;
+        let written = match self.staged(chunk.batch, chunk.file) {
+            Ok(staged) => tokio::task::block_in_place(|| staged.write(chunk.offset, &chunk.data))
+                .map_err(|e| repository_error(&e)),
+            Err(e) => Err(e),
+        };
+        if let Err(error) = written {
+            warn!(batch = chunk.batch, file = chunk.file, %error, "chunk refused");
+            self.fail(chunk.batch, chunk.file, error).await;
+        }
+        if self.consumed - self.credited >= self.shared.window / 4 {
+            self.credited = self.consumed;
+            self.send(Message::Credit(Credit { consumed: self.consumed })).await;
+        }
+    }
+
+    /// Ends a file with an error result (once), dropping what it staged if
+    /// the content is suspect.
+    async fn fail(&mut self, batch: u64, file: u32, error: ErrorFrame) {
+        let Some(state) = self.batches.get_mut(&batch) else { return };
+        if !state.waiting.remove(&file) {
+            return;
+        }
+        if let Some(staged) = self.staged.remove(&(batch, file)) {
+            if error.code == ErrorCode::HashMismatch {
+                let _ = self.shared.repository.discard(staged);
+            }
+        }
+        if let Some(offered) = self.offered.remove(&(batch, file)) {
+            let journal = self.shared.journal.clone();
+            let (station, path, message) = (self.peer.station.to_string(), offered.key.catalog_path(), error.to_string());
+            tokio::task::spawn_blocking(move || journal.record_failure(&station, &path, &message, now_ms()));
+        }
+        state.results.push(FileResult { id: file, outcome: Outcome::Failed(error) });
+        self.maybe_finish(batch).await;
+    }
+
+    async fn commit(&mut self, commit: Commit) {
+        let verdict = match self.staged(commit.batch, commit.file) {
+            Err(error) => Err(error),
+            Ok(staged) => {
+                let size = staged.key.size;
+                let got = staged.sha256();
+                if staged.len() != size || commit.size != size {
+                    Err(ErrorFrame::new(
+                        ErrorCode::HashMismatch,
+                        format!("{} bytes staged, {} committed, {size} offered", staged.len(), commit.size),
+                    ))
+                } else if got != commit.sha256 {
+                    Err(ErrorFrame::new(ErrorCode::HashMismatch, "content does not hash to the committed SHA-256"))
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        match verdict {
+            Err(error) => {
+                warn!(batch = commit.batch, file = commit.file, %error, "commit refused");
+                self.fail(commit.batch, commit.file, error).await;
+            }
+            Ok(()) => {
+                let Some(batch) = self.batches.get_mut(&commit.batch) else { return };
+                if !batch.waiting.remove(&commit.file) {
+                    return;
+                }
+                if let Some(staged) = self.staged.remove(&(commit.batch, commit.file)) {
+                    batch.committed.push((commit.file, staged, commit.sha256));
+                }
+                self.offered.remove(&(commit.batch, commit.file));
+                self.maybe_finish(commit.batch).await;
+            }
+        }
+    }
+
+    /// Once no file of `batch` is outstanding: place, journal, ack.
+    async fn maybe_finish(&mut self, batch_id: u64) {
+        match self.batches.get(&batch_id) {
+            Some(batch) if batch.waiting.is_empty() => {}
+            _ => return,
+        }
+        let Some(mut batch) = self.batches.remove(&batch_id) else { return };
+        let committed = std::mem::take(&mut batch.committed);
+        let files = committed.len();
+        let shared = self.shared.clone();
+        let transfer = format!("{:016x}/{batch_id}", self.session);
+        let placed = tokio::task::spawn_blocking(move || place_batch(&shared, committed, &transfer)).await;
+        match placed {
+            Ok(results) => batch.results.extend(results),
+            Err(e) => warn!(error = %e, "placing a batch failed"),
+        }
+        for wake in &self.shared.applied_wake {
+            wake.notify_one();
+        }
+        batch.results.sort_by_key(|r| r.id);
+        let stored = batch.results.iter().filter(|r| matches!(r.outcome, Outcome::Stored { .. })).count();
+        info!(batch = batch_id, files, stored, "batch acknowledged");
+        self.send(Message::Ack(Ack { batch: batch_id, results: batch.results })).await;
+    }
+
+    async fn status(&self) {
+        let journal = self.shared.journal.clone();
+        let station = self.peer.station.to_string();
+        let stats = tokio::task::spawn_blocking(move || {
+            let failures = journal.failures(&station, now_ms() - 86_400_000, 100_000)?.len() as u64;
+            journal.station_stats(&station).map(|s| (s, failures))
+        })
+        .await;
+        let ((files, bytes, last_backup, pending), errors) = match stats {
+            Ok(Ok(stats)) => stats,
+            _ => ((0, 0, None, (0, 0)), 0),
+        };
+        self.send(Message::StatusReply(StatusReply {
+            station: self.peer.station.clone(),
+            files,
+            bytes,
+            pending,
+            errors,
+            last_backup: last_backup.map(|ms| ms / 1000),
+        }))
+        .await;
+    }
+}
+
+/// Fsyncs and places each committed file, journals the records of the batch
+/// in one transaction, and returns each file's result. A file whose record
+/// is not in the journal is never reported stored.
+fn place_batch(shared: &Shared, committed: Vec<(u32, Staged, Sha256)>, transfer: &str) -> Vec<FileResult> {
+    let repository = &shared.repository;
+    let journal = &shared.journal;
+    let now = now_ms();
+    let mut results = Vec::new();
+    let mut records = Vec::new();
+    let mut done = Vec::new();
+    for (id, staged, sha256) in committed {
+        let catalog_path = staged.key.catalog_path();
+        let station = staged.key.station.to_string();
+        let placed = staged
+            .sync()
+            .and_then(|()| repository.place(&staged, &sha256, |name| journal.content_of(name).ok().flatten()));
+        match placed {
+            Ok(Placement::Stored { stored_as }) | Ok(Placement::AlreadyThere { stored_as }) => {
+                let known = journal.lookup(&station, &catalog_path, &sha256).ok().flatten();
+                if known.is_none() {
+                    records.push((
+                        id,
+                        Record {
+                            station,
+                            path: catalog_path,
+                            size: staged.key.size,
+                            mtime_ns: staged.key.mtime_ns,
+                            sha256,
+                            stored_as: stored_as.clone(),
+                            received_at: now,
+                            transfer: transfer.to_owned(),
+                        },
+                    ));
+                    results.push(FileResult { id, outcome: Outcome::Stored { sha256, stored_as } });
+                } else {
+                    results.push(FileResult { id, outcome: Outcome::AlreadyStored { sha256, stored_as } });
+                }
+                done.push(staged);
+            }
+            Err(e) => {
+                warn!(path = %catalog_path, error = %e, "storing failed");
+                let _ = journal.record_failure(&station, &catalog_path, &e.to_string(), now);
+                results.push(FileResult { id, outcome: Outcome::Failed(repository_error(&e)) });
+            }
+        }
+    }
+    if !records.is_empty() {
+        let batch: Vec<Record> = records.iter().map(|(_, r)| r.clone()).collect();
+        if let Err(e) = journal.append(&batch) {
+            warn!(error = %e, "journal append failed; the batch is not acknowledged as stored");
+            let failed: HashSet<u32> = records.iter().map(|(id, _)| *id).collect();
+            for result in &mut results {
+                if failed.contains(&result.id) {
+                    result.outcome = Outcome::Failed(ErrorFrame::new(ErrorCode::Internal, format!("journal: {e}")));
+                }
+            }
+            // Staging files stay: the retry resumes at their full length.
+            return results;
+        }
+    }
+    for staged in done {
+        if let Err(e) = repository.discard(staged) {
+            debug!(error = %e, "staging file left behind");
+        }
+    }
+    results
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn repository_error(e: &repository::RepositoryError) -> ErrorFrame {
+    if e.is_disk_full() {
+        ErrorFrame::new(ErrorCode::DiskFull, e.to_string())
+    } else {
+        match e {
+            repository::RepositoryError::OutOfOrder { .. } | repository::RepositoryError::Oversize { .. } => {
+                ErrorFrame::new(ErrorCode::UnexpectedMessage, e.to_string())
+            }
+            _ => ErrorFrame::new(ErrorCode::Internal, e.to_string()),
+        }
+    }
+}

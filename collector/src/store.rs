@@ -1,0 +1,366 @@
+//! Catalog stores: the databases that hold the catalog, behind one trait.
+//!
+//! Every store applies journal records idempotently (rows are unique by
+//! station, path and content hash) and keeps its applied journal position in
+//! the same transaction as the rows, so a store that crashes mid-batch
+//! re-applies exactly what it lacks.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::journal::Record;
+
+/// A row of the `files` table, as compared by `reconcile`.
+pub type CatalogRow = Record;
+
+/// Per-station totals, with the legacy monitoring meanings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StationSummary {
+    pub station: String,
+    pub files: u64,
+    pub bytes: u64,
+    /// Unix milliseconds of the newest stored file.
+    pub last_backup: Option<i64>,
+}
+
+/// Why a store operation failed. Every failure is retried by the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("catalog {catalog}: {source}")]
+    Sqlite {
+        catalog: String,
+        source: rusqlite::Error,
+    },
+    #[error("catalog {catalog}: {reason}")]
+    Other { catalog: String, reason: String },
+    #[error("catalog url {url:?} is not supported: {reason}")]
+    Url { url: String, reason: String },
+}
+
+/// A catalog database.
+pub trait CatalogStore: Send + Sync + 'static {
+    /// The catalog's name in logs and the journal (`primary`, `backup`).
+    fn name(&self) -> &str;
+    /// Runs the versioned schema migrations this build knows.
+    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The last journal sequence number applied.
+    fn position(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Applies `records` (journal order) and moves the position to the last
+    /// one, in one transaction. Rows already present are left as they are.
+    fn apply(&self, records: Vec<(u64, Record)>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Every file row, ordered by station, path, hash.
+    fn rows(&self) -> impl Future<Output = Result<Vec<CatalogRow>, StoreError>> + Send;
+    /// Inserts rows that are missing (repair); returns how many were new.
+    fn insert_rows(&self, rows: Vec<CatalogRow>) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Per-station totals.
+    fn summary(&self) -> impl Future<Output = Result<Vec<StationSummary>, StoreError>> + Send;
+}
+
+const SQLITE_SCHEMA: &[&str] = &[
+    // Version 1.
+    "CREATE TABLE stations (
+        station TEXT PRIMARY KEY,
+        files INTEGER NOT NULL DEFAULT 0,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        last_backup INTEGER
+    );
+    CREATE TABLE files (
+        id INTEGER PRIMARY KEY,
+        station TEXT NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        sha256 BLOB NOT NULL,
+        stored_as TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        transfer TEXT NOT NULL,
+        UNIQUE (station, path, sha256)
+    );
+    CREATE TABLE transfers (
+        transfer TEXT PRIMARY KEY,
+        station TEXT NOT NULL,
+        files INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        first_at INTEGER NOT NULL,
+        last_at INTEGER NOT NULL
+    );
+    CREATE TABLE applied (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL
+    );
+    INSERT INTO applied (id, seq) VALUES (1, 0);",
+];
+
+/// The embedded default: a SQLite catalog file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    name: String,
+    path: PathBuf,
+    conn: Arc<Mutex<Option<Connection>>>,
+}
+
+impl SqliteStore {
+    /// A store for the SQLite file at `path`; nothing is opened until used.
+    pub fn new(name: &str, path: &Path) -> Self {
+        Self {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            conn: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |source| StoreError::Sqlite {
+            catalog: self.name.clone(),
+            source,
+        }
+    }
+
+    /// Runs `f` on the connection on a blocking thread, opening it first.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection, &dyn Fn(rusqlite::Error) -> StoreError) -> Result<T, StoreError>
+        + Send
+        + 'static,
+    ) -> Result<T, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard: MutexGuard<'_, Option<Connection>> =
+                this.conn.lock().unwrap_or_else(|p| p.into_inner());
+            if guard.is_none() {
+                let conn = Connection::open(&this.path).map_err(this.err())?;
+                conn.execute_batch(
+                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
+                )
+                .map_err(this.err())?;
+                *guard = Some(conn);
+            }
+            let conn = guard.as_mut().ok_or_else(|| StoreError::Other {
+                catalog: this.name.clone(),
+                reason: "connection lost".into(),
+            })?;
+            let result = f(conn, &this.err());
+            if result.is_err() {
+                // Reopen next time: the file may have been replaced or repaired.
+                *guard = None;
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Other {
+            catalog: self.name.clone(),
+            reason: format!("worker failed: {e}"),
+        })?
+    }
+}
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CatalogRow> {
+    let sha: Vec<u8> = r.get(4)?;
+    let mut sha256 = [0u8; 32];
+    if sha.len() == 32 {
+        sha256.copy_from_slice(&sha);
+    }
+    Ok(Record {
+        station: r.get(0)?,
+        path: r.get(1)?,
+        size: r.get::<_, i64>(2)? as u64,
+        mtime_ns: r.get(3)?,
+        sha256,
+        stored_as: r.get(5)?,
+        received_at: r.get(6)?,
+        transfer: r.get(7)?,
+    })
+}
+
+fn insert_sqlite(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<bool> {
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO files (station, path, size, mtime_ns, sha256, stored_as, received_at, transfer)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            r.station,
+            r.path,
+            r.size as i64,
+            r.mtime_ns,
+            &r.sha256[..],
+            r.stored_as,
+            r.received_at,
+            r.transfer
+        ])?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    tx.prepare_cached(
+        "INSERT INTO stations (station, files, bytes, last_backup) VALUES (?1, 1, ?2, ?3)
+         ON CONFLICT (station) DO UPDATE SET files = files + 1, bytes = bytes + excluded.bytes,
+           last_backup = MAX(COALESCE(last_backup, 0), excluded.last_backup)",
+    )?
+    .execute(params![r.station, r.size as i64, r.received_at])?;
+    tx.prepare_cached(
+        "INSERT INTO transfers (transfer, station, files, bytes, first_at, last_at) VALUES (?1, ?2, 1, ?3, ?4, ?4)
+         ON CONFLICT (transfer) DO UPDATE SET files = files + 1, bytes = bytes + excluded.bytes,
+           first_at = MIN(first_at, excluded.first_at), last_at = MAX(last_at, excluded.last_at)",
+    )?
+    .execute(params![r.transfer, r.station, r.size as i64, r.received_at])?;
+    Ok(true)
+}
+
+impl CatalogStore for SqliteStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let name = self.name.clone();
+        self.with(move |conn, err| {
+            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+            let known = SQLITE_SCHEMA.len() as i64;
+            if version > known {
+                return Err(StoreError::Other {
+                    catalog: name,
+                    reason: format!("schema version {version} is newer than this build's {known}"),
+                });
+            }
+            for (i, step) in SQLITE_SCHEMA.iter().enumerate().skip(version as usize) {
+                let tx = conn.transaction().map_err(err)?;
+                tx.execute_batch(step).map_err(err)?;
+                tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(err)?;
+                tx.commit().map_err(err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn position(&self) -> Result<u64, StoreError> {
+        self.with(|conn, err| {
+            let seq: Option<i64> = conn
+                .query_row("SELECT seq FROM applied WHERE id = 1", [], |r| r.get(0))
+                .optional()
+                .map_err(err)?;
+            Ok(seq.unwrap_or(0) as u64)
+        })
+        .await
+    }
+
+    async fn apply(&self, records: Vec<(u64, Record)>) -> Result<(), StoreError> {
+        self.with(move |conn, err| {
+            let Some(last) = records.last().map(|(seq, _)| *seq) else {
+                return Ok(());
+            };
+            let tx = conn.transaction().map_err(err)?;
+            for (_, record) in &records {
+                insert_sqlite(&tx, record).map_err(err)?;
+            }
+            tx.execute(
+                "UPDATE applied SET seq = MAX(seq, ?1) WHERE id = 1",
+                params![last as i64],
+            )
+            .map_err(err)?;
+            tx.commit().map_err(err)
+        })
+        .await
+    }
+
+    async fn rows(&self) -> Result<Vec<CatalogRow>, StoreError> {
+        self.with(|conn, err| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT station, path, size, mtime_ns, sha256, stored_as, received_at, transfer
+                     FROM files ORDER BY station, path, sha256",
+                )
+                .map_err(err)?;
+            let rows = stmt.query_map([], read_row).map_err(err)?;
+            rows.collect::<Result<_, _>>().map_err(err)
+        })
+        .await
+    }
+
+    async fn insert_rows(&self, rows: Vec<CatalogRow>) -> Result<u64, StoreError> {
+        self.with(move |conn, err| {
+            let tx = conn.transaction().map_err(err)?;
+            let mut added = 0;
+            for row in &rows {
+                added += u64::from(insert_sqlite(&tx, row).map_err(err)?);
+            }
+            tx.commit().map_err(err)?;
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn summary(&self) -> Result<Vec<StationSummary>, StoreError> {
+        self.with(|conn, err| {
+            let mut stmt = conn
+                .prepare("SELECT station, files, bytes, last_backup FROM stations ORDER BY station")
+                .map_err(err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(StationSummary {
+                        station: r.get(0)?,
+                        files: r.get::<_, i64>(1)? as u64,
+                        bytes: r.get::<_, i64>(2)? as u64,
+                        last_backup: r.get(3)?,
+                    })
+                })
+                .map_err(err)?;
+            rows.collect::<Result<_, _>>().map_err(err)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(path: &str, sha: u8, size: u64) -> Record {
+        Record {
+            station: "s1".into(),
+            path: path.into(),
+            size,
+            mtime_ns: 7,
+            sha256: [sha; 32],
+            stored_as: format!("s1/{path}"),
+            received_at: 1000 + i64::from(sha),
+            transfer: "00/1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn applying_twice_creates_no_second_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::new("primary", &dir.path().join("c.sqlite"));
+        store.migrate().await.unwrap();
+        store.migrate().await.unwrap();
+        let batch = vec![(1, record("a", 1, 10)), (2, record("b", 2, 20))];
+        store.apply(batch.clone()).await.unwrap();
+        store.apply(batch).await.unwrap();
+        store.apply(vec![(3, record("a", 1, 10))]).await.unwrap();
+        assert_eq!(store.position().await.unwrap(), 3);
+        let rows = store.rows().await.unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            store.summary().await.unwrap(),
+            vec![StationSummary { station: "s1".into(), files: 2, bytes: 30, last_backup: Some(1002) }]
+        );
+        // The position never goes backwards.
+        store.apply(vec![(2, record("c", 3, 1))]).await.unwrap();
+        assert_eq!(store.position().await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn repair_inserts_only_missing_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::new("backup", &dir.path().join("c.sqlite"));
+        store.migrate().await.unwrap();
+        store.apply(vec![(1, record("a", 1, 10))]).await.unwrap();
+        let added = store.insert_rows(vec![record("a", 1, 10), record("b", 2, 5)]).await.unwrap();
+        assert_eq!(added, 1);
+        assert_eq!(store.summary().await.unwrap()[0].files, 2);
+    }
+}

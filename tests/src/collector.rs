@@ -1,0 +1,119 @@
+//! A real collector for tests, in-process, configured through a real config
+//! file in a temp dir, with both catalogs on the embedded SQLite default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ferry_collector::Collector;
+use ferry_collector::config::{self, Settings};
+use ferry_collector::journal::Record;
+use ferry_collector::store::{CatalogStore, SqliteStore};
+
+use crate::pki::TestPki;
+
+/// A collector's directories and settings; start and stop it at will.
+#[derive(Debug)]
+pub struct TestCollector {
+    pub settings: Settings,
+    pub config_path: PathBuf,
+    running: Option<Collector>,
+}
+
+impl TestCollector {
+    /// Writes a config under the PKI's temp dir; `extra` is appended to the
+    /// `[limits]` table.
+    pub fn new(pki: &TestPki, limits: &str) -> anyhow::Result<Self> {
+        let dir = pki.scratch("collector");
+        let server = pki.server_files();
+        let config_path = dir.join("collector.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "listen = \"127.0.0.1:0\"\nrepository = \"repository\"\nstate_dir = \"state\"\n\
+                 [tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[limits]\nheartbeat_secs = 1\nreserve_bytes = 0\n{limits}\n",
+                pki.ca_path(),
+                server.cert,
+                server.key
+            ),
+        )?;
+        let settings = config::load(&config_path)?;
+        Ok(Self {
+            settings,
+            config_path,
+            running: None,
+        })
+    }
+
+    /// Fixes the listening port (for collectors run as a separate process,
+    /// whose port the test must know in advance), rewriting the config file.
+    pub fn pin_port(&mut self, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(&self.config_path)?;
+        std::fs::write(&self.config_path, text.replace("127.0.0.1:0", &addr.to_string()))?;
+        self.settings = config::load(&self.config_path)?;
+        Ok(())
+    }
+
+    /// Starts (or restarts) the collector; after the first start it keeps
+    /// its port.
+    pub async fn start(&mut self) -> anyhow::Result<String> {
+        let mut tries = 0;
+        let collector = loop {
+            match ferry_collector::start(self.settings.clone()).await {
+                Ok(collector) => break collector,
+                // The previous listener may take a moment to go away.
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "collector start retry");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.settings.listen = collector.local_addr();
+        self.running = Some(collector);
+        Ok(self.endpoint())
+    }
+
+    /// Stops the collector gracefully.
+    pub async fn stop(&mut self) {
+        if let Some(collector) = self.running.take() {
+            collector.stop().await;
+        }
+    }
+
+    /// The address stations dial.
+    pub fn endpoint(&self) -> String {
+        self.settings.listen.to_string()
+    }
+
+    /// Where the repository is.
+    pub fn repository(&self) -> PathBuf {
+        self.settings.repository.clone()
+    }
+
+    /// Every row of the named catalog (`primary` or `backup`).
+    pub async fn catalog_rows(&self, catalog: &str) -> anyhow::Result<Vec<Record>> {
+        let url = match catalog {
+            "primary" => &self.settings.primary,
+            _ => &self.settings.backup,
+        };
+        let config::CatalogUrl::Sqlite(path) = url;
+        let store = SqliteStore::new(catalog, path);
+        store.migrate().await?;
+        Ok(store.rows().await?)
+    }
+
+    /// Waits until both catalogs hold `count` rows (or 10 s pass) and
+    /// returns them.
+    pub async fn settled_rows(&self, count: usize) -> anyhow::Result<(Vec<Record>, Vec<Record>)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let primary = self.catalog_rows("primary").await?;
+            let backup = self.catalog_rows("backup").await?;
+            if (primary.len() >= count && backup.len() >= count) || tokio::time::Instant::now() > deadline {
+                return Ok((primary, backup));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The collector's guarantees with its embedded SQLite catalogs: verified,
+//! never overwritten, exactly once in both catalogs, hostile paths refused
+//! per file, transfers resumed from what is staged.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns may unwrap
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_agent::sender::{Flow, OutgoingFile, send_batch};
+use ferry_common::link::{ClientLink, ClientLinkConfig};
+use ferry_common::protocol::*;
+use ferry_common::station::StationId;
+use ferry_tests::collector::TestCollector;
+use ferry_tests::pki::TestPki;
+
+async fn station(pki: &TestPki, station: &str, endpoint: &str) -> ClientLink {
+    let files = pki.station(station).unwrap();
+    let config = ClientLinkConfig {
+        station: StationId::new(station).unwrap(),
+        endpoints: vec![endpoint.to_owned()],
+        tls: pki.client_config(&files).unwrap(),
+        runtime_dir: pki.scratch("agent-run"),
+        connect_timeout: Duration::from_secs(5),
+        heartbeat: Duration::from_secs(1),
+        software: "collector test".into(),
+    };
+    ClientLink::connect(&config, endpoint).await.unwrap()
+}
+
+/// Writes `content` at `dir/rel` and describes it for sending.
+fn file(dir: &Path, root: &str, rel: &str, content: &[u8]) -> OutgoingFile {
+    let abs: PathBuf = dir.join(rel);
+    std::fs::create_dir_all(abs.parent().unwrap()).unwrap();
+    std::fs::write(&abs, content).unwrap();
+    OutgoingFile {
+        root: root.into(),
+        rel_path: rel.into(),
+        abs_path: abs,
+        size: content.len() as u64,
+        mtime_ns: 1_646_675_878_000_000_000,
+        sha256: None,
+    }
+}
+
+fn sha256(data: &[u8]) -> Sha256 {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
+    out
+}
+
+fn stored_as(outcome: &Outcome) -> &str {
+    match outcome {
+        Outcome::Stored { stored_as, .. } | Outcome::AlreadyStored { stored_as, .. } => stored_as,
+        Outcome::Failed(e) => panic!("file failed: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_stored_verified_and_catalogued_once_in_both_catalogs() {
+    ferry_tests::init_logging();
+    let pki = TestPki::new().unwrap();
+    let mut collector = TestCollector::new(&pki, "").unwrap();
+    let endpoint = collector.start().await.unwrap();
+    let mut link = station(&pki, "rfeye002073", &endpoint).await;
+    let dir = pki.scratch("station");
+    let big: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
+    let files = vec![
+        file(&dir, "spectrum", "2022/03/07/rfeye002073_220307_T175758.bin", &big),
+        file(&dir, "spectrum", "empty.csv", b""),
+        file(&dir, "logs", "a/b/c/d/e/f/g/h/ünïcödé measurement.log", b"non-ascii name"),
+    ];
+    let mut flow = Flow::default();
+    let reports = send_batch(&mut link, &mut flow, 1, &files).await.unwrap();
+    assert_eq!(reports.len(), 3);
+    for report in &reports {
+        let f = &files[report.index];
+        let content = std::fs::read(&f.abs_path).unwrap();
+        assert_eq!(
+            report.outcome,
+            Outcome::Stored {
+                sha256: sha256(&content),
+                stored_as: format!("rfeye002073/{}/{}", f.root, f.rel_path)
+            }
+        );
+        let stored = std::fs::read(collector.repository().join(stored_as(&report.outcome))).unwrap();
+        assert_eq!(stored, content, "{}", f.rel_path);
+    }
+
+    // The same batch again (a retry after a lost ack): nothing sent twice,
+    // nothing catalogued twice.
+    let again = send_batch(&mut link, &mut flow, 2, &files).await.unwrap();
+    for report in &again {
+        assert!(matches!(report.outcome, Outcome::AlreadyStored { .. }), "{report:?}");
+    }
+    // Offered with its hash, a stored file is not even sent.
+    let mut known = files.clone();
+    for f in &mut known {
+        f.sha256 = Some(sha256(&std::fs::read(&f.abs_path).unwrap()));
+    }
+    let skipped = send_batch(&mut link, &mut flow, 3, &known).await.unwrap();
+    assert!(skipped.iter().all(|r| r.sent == 0 && matches!(r.outcome, Outcome::AlreadyStored { .. })));
+
+    let (primary, backup) = collector.settled_rows(3).await.unwrap();
+    assert_eq!(primary.len(), 3, "{primary:#?}");
+    assert_eq!(primary, backup, "catalogs differ");
+    let big_row = primary.iter().find(|r| r.path.ends_with("T175758.bin")).unwrap();
+    assert_eq!(big_row.station, "rfeye002073");
+    assert_eq!(big_row.path, "spectrum/2022/03/07/rfeye002073_220307_T175758.bin");
+    assert_eq!(big_row.size, big.len() as u64);
+    assert_eq!(big_row.sha256, sha256(&big));
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_content_for_a_stored_path_is_stored_beside_it() {
+    ferry_tests::init_logging();
+    let pki = TestPki::new().unwrap();
+    let mut collector = TestCollector::new(&pki, "").unwrap();
+    let endpoint = collector.start().await.unwrap();
+    let mut link = station(&pki, "s1", &endpoint).await;
+    let dir = pki.scratch("station");
+    let mut flow = Flow::default();
+    let first = send_batch(&mut link, &mut flow, 1, &[file(&dir, "data", "log.csv", b"version 1")]).await.unwrap();
+    let second = send_batch(&mut link, &mut flow, 2, &[file(&dir, "data", "log.csv", b"version 2, longer")]).await.unwrap();
+    assert_eq!(stored_as(&first[0].outcome), "s1/data/log.csv");
+    let tag = &ferry_collector::repository::hex(&sha256(b"version 2, longer"))[..12];
+    assert_eq!(stored_as(&second[0].outcome), format!("s1/data/log.{tag}.csv"));
+    let repo = collector.repository();
+    assert_eq!(std::fs::read(repo.join("s1/data/log.csv")).unwrap(), b"version 1");
+    assert_eq!(std::fs::read(repo.join(format!("s1/data/log.{tag}.csv"))).unwrap(), b"version 2, longer");
+    let (primary, backup) = collector.settled_rows(2).await.unwrap();
+    assert_eq!(primary.len(), 2);
+    assert!(primary.iter().all(|r| r.path == "data/log.csv"));
+    assert_eq!(primary, backup);
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_paths_are_refused_per_file_and_the_batch_goes_on() {
+    ferry_tests::init_logging();
+    let pki = TestPki::new().unwrap();
+    let mut collector = TestCollector::new(&pki, "").unwrap();
+    let endpoint = collector.start().await.unwrap();
+    let mut link = station(&pki, "a", &endpoint).await;
+    let dir = pki.scratch("station");
+    let good = file(&dir, "data", "ok.bin", b"fine");
+    let mut files = vec![good.clone()];
+    for (root, path) in [
+        ("data", "../b/data/owned.bin"),
+        ("data", "/etc/passwd"),
+        ("data", "x/../../../b/escape"),
+        ("data", "nul\0byte"),
+        ("..", "b/via-root"),
+        ("data", &"n".repeat(300)),
+    ] {
+        files.push(OutgoingFile { root: root.into(), rel_path: path.into(), ..good.clone() });
+    }
+    let mut flow = Flow::default();
+    let reports = send_batch(&mut link, &mut flow, 1, &files).await.unwrap();
+    assert_eq!(reports.len(), files.len());
+    for report in &reports {
+        if report.index == 0 {
+            assert_eq!(stored_as(&report.outcome), "a/data/ok.bin");
+        } else {
+            match &report.outcome {
+                Outcome::Failed(e) => assert_eq!(e.code, ErrorCode::PathRefused, "{e}"),
+                other => panic!("{:?} was accepted: {other:?}", files[report.index].rel_path),
+            }
+            assert_eq!(report.sent, 0);
+        }
+    }
+    // Nothing outside the station's own area.
+    let top: Vec<_> = std::fs::read_dir(collector.repository()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(top, vec![std::ffi::OsString::from("a")]);
+    // The session is still good for the next batch.
+    let next = send_batch(&mut link, &mut flow, 2, &[file(&dir, "data", "next.bin", b"more")]).await.unwrap();
+    assert_eq!(stored_as(&next[0].outcome), "a/data/next.bin");
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_transfer_resumes_from_the_staged_offset_after_a_collector_restart() {
+    ferry_tests::init_logging();
+    let pki = TestPki::new().unwrap();
+    let mut collector = TestCollector::new(&pki, "max_chunk_bytes = 65536").unwrap();
+    let endpoint = collector.start().await.unwrap();
+    let dir = pki.scratch("station");
+    let content: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let f = file(&dir, "spectrum", "big.bin", &content);
+
+    // Send the first 5 chunks by hand, then the collector goes away.
+    let mut link = station(&pki, "s1", &endpoint).await;
+    let offer = FileOffer { id: 0, root: f.root.clone(), path: f.rel_path.clone(), size: f.size, mtime_ns: f.mtime_ns, sha256: None };
+    link.send(Message::Offer(Offer { batch: 1, files: vec![offer] })).await.unwrap();
+    assert!(matches!(link.recv().await.unwrap(), Message::OfferReply(_)));
+    for i in 0..5u64 {
+        let at = (i * 65536) as usize;
+        let data = content[at..at + 65536].to_vec();
+        link.send(Message::Chunk(Chunk { batch: 1, file: 0, offset: at as u64, data })).await.unwrap();
+    }
+    link.send(Message::StatusQuery(StatusQuery {})).await.unwrap();
+    loop {
+        // The status answer comes after the chunks were written.
+        if let Message::StatusReply(_) = link.recv().await.unwrap() {
+            break;
+        }
+    }
+    collector.stop().await;
+    drop(link);
+    collector.start().await.unwrap();
+
+    let mut link = station(&pki, "s1", &endpoint).await;
+    let mut flow = Flow::default();
+    let reports = send_batch(&mut link, &mut flow, 1, std::slice::from_ref(&f)).await.unwrap();
+    assert_eq!(stored_as(&reports[0].outcome), "s1/spectrum/big.bin");
+    assert_eq!(reports[0].sent, content.len() as u64 - 5 * 65536, "resumed from the staged offset");
+    assert_eq!(std::fs::read(collector.repository().join("s1/spectrum/big.bin")).unwrap(), content);
+    let (primary, backup) = collector.settled_rows(1).await.unwrap();
+    assert_eq!(primary.len(), 1);
+    assert_eq!(primary, backup);
+    collector.stop().await;
+}
