@@ -47,6 +47,14 @@ pub enum JournalError {
     },
 }
 
+impl JournalError {
+    /// Whether the journal failed because its disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, JournalError::Sqlite { source: rusqlite::Error::SqliteFailure(e, _), .. }
+            if e.code == rusqlite::ErrorCode::DiskFull)
+    }
+}
+
 const SCHEMA: &[&str] = &[
     // Version 1.
     "CREATE TABLE records (

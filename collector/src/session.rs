@@ -298,6 +298,14 @@ impl Session {
     async fn chunk(&mut self, chunk: Chunk) {
         let len = chunk.data.len() as u64;
         self.consumed += len;
+        if !self.offered.contains_key(&(chunk.batch, chunk.file)) {
+            // Not (or no longer) expected: typically the file already failed
+            // and the rest of its chunks were in flight. Drop them, but still
+            // credit them so the window does not shrink.
+            debug!(batch = chunk.batch, file = chunk.file, "chunk for a settled file dropped");
+            self.credit().await;
+            return;
+        }
         let written = match self.staged(chunk.batch, chunk.file) {
             Ok(staged) => tokio::task::block_in_place(|| staged.write(chunk.offset, &chunk.data))
                 .map_err(|e| repository_error(&e)),
@@ -307,6 +315,11 @@ impl Session {
             warn!(batch = chunk.batch, file = chunk.file, %error, "chunk refused");
             self.fail(chunk.batch, chunk.file, error).await;
         }
+        self.credit().await;
+    }
+
+    /// Grants credit once a quarter of the window has been consumed.
+    async fn credit(&mut self) {
         if self.consumed - self.credited >= self.shared.window / 4 {
             self.credited = self.consumed;
             self.send(Message::Credit(Credit { consumed: self.consumed })).await;
@@ -335,6 +348,12 @@ impl Session {
     }
 
     async fn commit(&mut self, commit: Commit) {
+        if !self.offered.contains_key(&(commit.batch, commit.file)) {
+            // Settled already (failed mid-stream) or never offered: the
+            // batch's ack carries (or carried) its result.
+            debug!(batch = commit.batch, file = commit.file, "commit for a settled file ignored");
+            return;
+        }
         let verdict = match self.staged(commit.batch, commit.file) {
             Err(error) => Err(error),
             Ok(staged) => {
@@ -473,7 +492,8 @@ fn place_batch(shared: &Shared, committed: Vec<(u32, Staged, Sha256)>, transfer:
             let failed: HashSet<u32> = records.iter().map(|(id, _)| *id).collect();
             for result in &mut results {
                 if failed.contains(&result.id) {
-                    result.outcome = Outcome::Failed(ErrorFrame::new(ErrorCode::Internal, format!("journal: {e}")));
+                    let code = if e.is_disk_full() { ErrorCode::DiskFull } else { ErrorCode::Internal };
+                    result.outcome = Outcome::Failed(ErrorFrame::new(code, format!("journal: {e}")));
                 }
             }
             // Staging files stay: the retry resumes at their full length.
