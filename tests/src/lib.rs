@@ -6,6 +6,7 @@ pub mod collector;
 pub mod pki;
 pub mod process;
 pub mod proxy;
+pub mod raw;
 pub mod receiver;
 
 /// Sends `tracing` output to the test's captured output (RUST_LOG filters;

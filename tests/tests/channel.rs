@@ -15,9 +15,10 @@ use ferry_common::protocol::*;
 use ferry_common::station::StationId;
 use ferry_tests::pki::{CertFiles, TestPki};
 use ferry_tests::proxy::Proxy;
+use ferry_tests::raw::RawDealer;
 use ferry_tests::receiver::Receiver;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{SocketRecv, SocketSend, ZmqMessage};
 
 const ANY_PORT: &str = "127.0.0.1:0";
 const HEARTBEAT: Duration = Duration::from_millis(200);
@@ -246,34 +247,6 @@ async fn an_expired_certificate_is_refused_and_others_carry_on() {
     assert_eq!(receiver.seen(|s| s.sessions.len()), 1);
 }
 
-/// Connects a DEALER with a chosen identity through a real tunnel, using
-/// `files` as the certificate.
-async fn raw_dealer(
-    pki: &TestPki,
-    files: &CertFiles,
-    endpoint: &str,
-    identity: Vec<u8>,
-) -> Result<(zeromq::DealerSocket, bridge::Tunnel), String> {
-    let tls = bridge::dial(
-        endpoint,
-        pki.client_config(files).unwrap(),
-        Duration::from_secs(5),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let tunnel = bridge::open_tunnel(tls, &pki.scratch("raw-run"), Duration::from_secs(5)).unwrap();
-    let mut options = zeromq::SocketOptions::default();
-    options
-        .peer_identity(identity.try_into().unwrap())
-        .connect_timeout(Duration::from_secs(3));
-    let mut dealer = zeromq::DealerSocket::with_options(options);
-    dealer
-        .connect(&tunnel.endpoint)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((dealer, tunnel))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zmq_identity_of_another_station_is_refused() {
     ferry_tests::init_logging();
@@ -285,7 +258,7 @@ async fn a_zmq_identity_of_another_station_is_refused() {
 
     let mallory = pki.station("mallory").unwrap();
     let forged = bridge::zmq_identity(&StationId::new("victim").unwrap(), 7);
-    let outcome = raw_dealer(&pki, &mallory, &receiver.endpoint(), forged).await;
+    let outcome = RawDealer::connect(&pki, &mallory, &receiver.endpoint(), forged).await;
     assert!(
         outcome.is_err(),
         "a forged identity completed the zmq handshake"
@@ -310,7 +283,10 @@ async fn a_hello_claiming_another_station_is_refused() {
 
     let mallory = pki.station("mallory").unwrap();
     let own = bridge::zmq_identity(&StationId::new("mallory").unwrap(), 7);
-    let (mut dealer, _tunnel) = raw_dealer(&pki, &mallory, &receiver.endpoint(), own)
+    let RawDealer {
+        mut dealer,
+        tunnel: _tunnel,
+    } = RawDealer::connect(&pki, &mallory, &receiver.endpoint(), own)
         .await
         .unwrap();
     let hello = Message::Hello(Hello {
