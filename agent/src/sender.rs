@@ -75,29 +75,59 @@ pub async fn send_batch(
             sha256: f.sha256,
         })
         .collect();
-    link.send(Message::Offer(Offer { batch, files: offers })).await?;
-    let reply = loop {
-        match recv(link, flow).await? {
-            Message::OfferReply(reply) if reply.batch == batch => break reply,
-            other => return Err(SendError::Protocol(format!("expected an offer reply, got {other:?}"))),
+    link.send(Message::Offer(Offer {
+        batch,
+        files: offers,
+    }))
+    .await?;
+    let reply = match recv(link, flow).await? {
+        Message::OfferReply(reply) if reply.batch == batch => reply,
+        other => {
+            return Err(SendError::Protocol(format!(
+                "expected an offer reply, got {other:?}"
+            )));
         }
     };
     let mut sent = vec![0u64; files.len()];
     let window = link.welcome.window;
     let chunk = (link.welcome.max_chunk as usize).clamp(4096, ferry_common::codec::MAX_CHUNK);
     for need in &reply.files {
-        let Need::From { offset } = need.need else { continue };
+        let Need::From { offset } = need.need else {
+            continue;
+        };
         let index = need.id as usize;
         let Some(file) = files.get(index) else {
-            return Err(SendError::Protocol(format!("reply names file {} that was not offered", need.id)));
+            return Err(SendError::Protocol(format!(
+                "reply names file {} that was not offered",
+                need.id
+            )));
         };
-        let (size, sha256) = stream_file(link, flow, batch, need.id, file, offset, chunk, window, &mut sent[index]).await?;
-        link.send(Message::Commit(Commit { batch, file: need.id, size, sha256 })).await?;
+        let (size, sha256) = stream_file(
+            link,
+            flow,
+            batch,
+            need.id,
+            file,
+            offset,
+            chunk,
+            window,
+            &mut sent[index],
+        )
+        .await?;
+        link.send(Message::Commit(Commit {
+            batch,
+            file: need.id,
+            size,
+            sha256,
+        }))
+        .await?;
     }
-    let ack = loop {
-        match recv(link, flow).await? {
-            Message::Ack(ack) if ack.batch == batch => break ack,
-            other => return Err(SendError::Protocol(format!("expected an ack, got {other:?}"))),
+    let ack = match recv(link, flow).await? {
+        Message::Ack(ack) if ack.batch == batch => ack,
+        other => {
+            return Err(SendError::Protocol(format!(
+                "expected an ack, got {other:?}"
+            )));
         }
     };
     Ok(ack
@@ -165,8 +195,13 @@ async fn stream_file(
         }
         hash.update(&buf[..n]);
         wait_for_credit(link, flow, n as u64, window).await?;
-        link.send(Message::Chunk(Chunk { batch, file: id, offset: position, data: buf[..n].to_vec() }))
-            .await?;
+        link.send(Message::Chunk(Chunk {
+            batch,
+            file: id,
+            offset: position,
+            data: buf[..n].to_vec(),
+        }))
+        .await?;
         flow.sent += n as u64;
         *sent += n as u64;
         position += n as u64;
@@ -175,12 +210,21 @@ async fn stream_file(
 }
 
 /// Waits until `more` bytes fit in the window.
-async fn wait_for_credit(link: &mut ClientLink, flow: &mut Flow, more: u64, window: u64) -> Result<(), SendError> {
+async fn wait_for_credit(
+    link: &mut ClientLink,
+    flow: &mut Flow,
+    more: u64,
+    window: u64,
+) -> Result<(), SendError> {
     while flow.sent + more > flow.consumed + window {
         match link.recv().await? {
             Message::Credit(credit) => flow.consumed = flow.consumed.max(credit.consumed),
             Message::Error(error) => return Err(SendError::Collector(error)),
-            other => return Err(SendError::Protocol(format!("unexpected {other:?} while streaming"))),
+            other => {
+                return Err(SendError::Protocol(format!(
+                    "unexpected {other:?} while streaming"
+                )));
+            }
         }
     }
     Ok(())

@@ -1,0 +1,309 @@
+//! The indexerD-compatible text files: `DUE_BACKUP` (the due set, one
+//! absolute path per line, sorted and unique) and `BACKUP_DONE` (appended
+//! with every acknowledged file), and the import of a `DUE_BACKUP` left by
+//! indexerD.
+//!
+//! The ledger is the truth; these files are views of it kept for the legacy
+//! tools that read them.
+//!
+//! - `DUE_BACKUP` is replaced atomically: written to a temporary file in the
+//!   same directory, fsynced, renamed over the old one, and the directory
+//!   fsynced. A reader sees the old or the new list, never a mix.
+//! - Lines are raw path bytes followed by `\n`, sorted by byte value (the
+//!   order of `LC_ALL=C sort`), without duplicates.
+//! - **Names containing a newline** cannot be written to a line-based file
+//!   without a reader splitting them in two. Such a path is left out of both
+//!   files and returned to the caller to warn about; the file stays in the
+//!   ledger and is sent like any other. Quoting or escaping was rejected
+//!   because legacy readers would take the escaped text for a real path.
+//! - **Import** reads the file line by line (memory bounded by one line of at
+//!   most [`MAX_LINE`] bytes plus the result). It strips one `\r` before the
+//!   `\n` (CRLF files), skips blank lines and duplicates, and keeps every
+//!   other byte as part of the name: legacy files hold plain paths written by
+//!   a program, so a trailing space is far more likely part of a name than
+//!   an accident, and trimming it would point at a file that does not exist.
+//!   Relative paths, lines with NUL bytes and over-long lines are refused
+//!   line by line (reported, not fatal), so one bad line does not lose the
+//!   rest of the list.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// Longest line accepted on import (Linux `PATH_MAX`, with its NUL).
+pub const MAX_LINE: usize = 4096;
+
+/// At most this many refused lines are kept in an [`Import`] (all are
+/// counted).
+pub const MAX_REFUSED_KEPT: usize = 100;
+
+/// Why a list file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum DueListError {
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} has no parent directory and no file name", path.display())]
+    BadPath { path: PathBuf },
+}
+
+/// What [`write_due_backup`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Written {
+    /// Lines in the file now.
+    pub lines: usize,
+    /// Paths left out because a line cannot hold them (they contain a
+    /// newline).
+    pub unrepresentable: Vec<PathBuf>,
+}
+
+/// The result of [`import_due_backup`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Import {
+    /// Absolute paths, sorted by bytes and unique.
+    pub paths: Vec<PathBuf>,
+    /// The first [`MAX_REFUSED_KEPT`] refused lines.
+    pub refused: Vec<RefusedLine>,
+    /// How many lines were refused in all.
+    pub refused_count: usize,
+}
+
+/// A line of an imported file that is not an absolute path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedLine {
+    /// 1-based line number.
+    pub line: usize,
+    /// The line's start, lossily decoded, for the warning.
+    pub text: String,
+    /// Why it was refused.
+    pub reason: Refusal,
+}
+
+/// Why an imported line was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not an absolute path.
+    Relative,
+    /// Contains a NUL byte, which no path can.
+    Nul,
+    /// Longer than [`MAX_LINE`] bytes.
+    TooLong,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::Relative => "not an absolute path",
+            Refusal::Nul => "contains a NUL byte",
+            Refusal::TooLong => "longer than the longest possible path",
+        })
+    }
+}
+
+/// Replaces `path` atomically with the sorted, unique list of `paths`, one
+/// per line. Paths containing a newline are left out and returned.
+pub fn write_due_backup<I, P>(path: &Path, paths: I) -> Result<Written, DueListError>
+where
+    I: IntoIterator<Item = P>,
+    P: Into<PathBuf>,
+{
+    let mut lines: Vec<PathBuf> = Vec::new();
+    let mut unrepresentable = Vec::new();
+    for p in paths {
+        let p = p.into();
+        if representable(&p) {
+            lines.push(p);
+        } else {
+            unrepresentable.push(p);
+        }
+    }
+    lines.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
+    lines.dedup();
+    unrepresentable.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
+    unrepresentable.dedup();
+
+    let write_err = |source| DueListError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => (dir, name),
+        _ => {
+            return Err(DueListError::BadPath {
+                path: path.to_owned(),
+            });
+        }
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let mut tmp_name = b".".to_vec();
+    tmp_name.extend_from_slice(name.as_bytes());
+    tmp_name.extend_from_slice(format!(".{}.tmp", std::process::id()).as_bytes());
+    let tmp = dir.join(OsStr::from_bytes(&tmp_name));
+
+    let result = (|| {
+        // A leftover from a process with our pid that died mid-write.
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut out = BufWriter::new(file);
+        for line in &lines {
+            out.write_all(bytes(line))?;
+            out.write_all(b"\n")?;
+        }
+        let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(write_err)?;
+    Ok(Written {
+        lines: lines.len(),
+        unrepresentable,
+    })
+}
+
+/// Appends `paths` to `BACKUP_DONE`, one per line in the order given, and
+/// fsyncs. Paths containing a newline are left out and returned.
+pub fn append_backup_done<I, P>(path: &Path, paths: I) -> Result<Vec<PathBuf>, DueListError>
+where
+    I: IntoIterator<Item = P>,
+    P: AsRef<Path>,
+{
+    let mut text = Vec::new();
+    let mut unrepresentable = Vec::new();
+    for p in paths {
+        let p = p.as_ref();
+        if representable(p) {
+            text.extend_from_slice(bytes(p));
+            text.push(b'\n');
+        } else {
+            unrepresentable.push(p.to_owned());
+        }
+    }
+    if text.is_empty() {
+        return Ok(unrepresentable);
+    }
+    let append = || -> io::Result<()> {
+        let mut file = OpenOptions::new().append(true).create(true).open(path)?;
+        // One write: with O_APPEND the lines land together even if another
+        // process appends too.
+        file.write_all(&text)?;
+        file.sync_data()
+    };
+    append().map_err(|source| DueListError::Write {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(unrepresentable)
+}
+
+/// Reads a `DUE_BACKUP` left by indexerD. `Ok(None)` if there is none.
+pub fn import_due_backup(path: &Path) -> Result<Option<Import>, DueListError> {
+    let read_err = |source| DueListError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_err(e)),
+    };
+    let mut reader = BufReader::new(file);
+    let mut import = Import::default();
+    let mut line = Vec::with_capacity(256);
+    let mut number = 0;
+    loop {
+        line.clear();
+        number += 1;
+        // One byte more than the limit tells an over-long line apart.
+        let limit = u64::try_from(MAX_LINE + 1).unwrap_or(u64::MAX);
+        let n = reader
+            .by_ref()
+            .take(limit)
+            .read_until(b'\n', &mut line)
+            .map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        let complete = line.last() == Some(&b'\n');
+        if complete {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+        }
+        if !complete && line.len() > MAX_LINE {
+            reader.skip_until(b'\n').map_err(read_err)?;
+            refuse(&mut import, number, &line, Refusal::TooLong);
+            continue;
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let reason = if line.contains(&0) {
+            Some(Refusal::Nul)
+        } else if line.first() != Some(&b'/') {
+            Some(Refusal::Relative)
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => refuse(&mut import, number, &line, reason),
+            None => import.paths.push(PathBuf::from(OsStr::from_bytes(&line))),
+        }
+    }
+    import.paths.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
+    import.paths.dedup();
+    Ok(Some(import))
+}
+
+/// Whether `path` can be one line of a list file.
+pub fn representable(path: &Path) -> bool {
+    !bytes(path).contains(&b'\n')
+}
+
+fn refuse(import: &mut Import, line: usize, text: &[u8], reason: Refusal) {
+    import.refused_count += 1;
+    if import.refused.len() < MAX_REFUSED_KEPT {
+        let shown = &text[..text.len().min(200)];
+        import.refused.push(RefusedLine {
+            line,
+            text: String::from_utf8_lossy(shown).into_owned(),
+            reason,
+        });
+    }
+}
+
+fn bytes(path: &Path) -> &[u8] {
+    path.as_os_str().as_bytes()
+}
+
+/// Makes a rename in `dir` durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests;

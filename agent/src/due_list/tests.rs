@@ -1,0 +1,246 @@
+//! Tests of the legacy list files on real files in temporary directories.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn p(s: &str) -> PathBuf {
+    PathBuf::from(s)
+}
+
+fn raw(bytes: &[u8]) -> PathBuf {
+    PathBuf::from(OsStr::from_bytes(bytes))
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn due_backup_is_sorted_by_bytes_and_unique() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("DUE_BACKUP");
+    let written = write_due_backup(
+        &list,
+        [
+            p("/srv/data/b.bin"),
+            p("/srv/data/a/b.bin"),
+            p("/srv/data/a.b"),
+            p("/srv/data/a/b.bin"),
+            p("/srv/data/é.bin"),
+            p("/srv/data/Z.bin"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(written.lines, 5);
+    assert!(written.unrepresentable.is_empty());
+    // Byte order, as `LC_ALL=C sort -u` would give: '.' (0x2e) < '/' (0x2f)
+    // even though Path's own ordering compares components.
+    assert_eq!(
+        fs::read_to_string(&list).unwrap(),
+        "/srv/data/Z.bin\n/srv/data/a.b\n/srv/data/a/b.bin\n/srv/data/b.bin\n/srv/data/é.bin\n"
+    );
+}
+
+#[test]
+fn due_backup_is_replaced_whole_and_leaves_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("DUE_BACKUP");
+    fs::write(&list, "/old/one\n/old/two\n").unwrap();
+    write_due_backup(&list, [p("/new/one")]).unwrap();
+    assert_eq!(fs::read_to_string(&list).unwrap(), "/new/one\n");
+    assert_eq!(entries(dir.path()), ["DUE_BACKUP"]);
+
+    let written = write_due_backup(&list, Vec::<PathBuf>::new()).unwrap();
+    assert_eq!(written.lines, 0);
+    assert_eq!(fs::read(&list).unwrap(), b"");
+    assert_eq!(entries(dir.path()), ["DUE_BACKUP"]);
+}
+
+#[test]
+fn a_leftover_temporary_file_does_not_block_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("DUE_BACKUP");
+    let leftover = dir
+        .path()
+        .join(format!(".DUE_BACKUP.{}.tmp", std::process::id()));
+    fs::write(&leftover, "half a list").unwrap();
+    write_due_backup(&list, [p("/a")]).unwrap();
+    assert_eq!(fs::read_to_string(&list).unwrap(), "/a\n");
+    assert_eq!(entries(dir.path()), ["DUE_BACKUP"]);
+}
+
+#[test]
+fn a_name_with_a_newline_is_left_out_of_due_backup_and_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("DUE_BACKUP");
+    let evil = p("/srv/data/two\nlines.bin");
+    let written = write_due_backup(
+        &list,
+        [p("/srv/data/a.bin"), evil.clone(), p("/srv/data/two")],
+    )
+    .unwrap();
+    assert_eq!(written.lines, 2);
+    assert_eq!(written.unrepresentable, [evil]);
+    // Neither half of the name appears as a line of its own.
+    assert_eq!(
+        fs::read_to_string(&list).unwrap(),
+        "/srv/data/a.bin\n/srv/data/two\n"
+    );
+    let back = import_due_backup(&list).unwrap().unwrap();
+    assert_eq!(back.paths, [p("/srv/data/a.bin"), p("/srv/data/two")]);
+}
+
+#[test]
+fn names_that_are_not_utf8_are_written_as_raw_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("DUE_BACKUP");
+    let name = raw(b"/srv/data/caf\xe9.bin");
+    write_due_backup(&list, [name.clone()]).unwrap();
+    assert_eq!(fs::read(&list).unwrap(), b"/srv/data/caf\xe9.bin\n");
+    assert_eq!(import_due_backup(&list).unwrap().unwrap().paths, [name]);
+}
+
+#[test]
+fn writing_into_a_missing_directory_fails_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("missing").join("DUE_BACKUP");
+    let err = write_due_backup(&list, [p("/a")]).unwrap_err();
+    assert!(matches!(err, DueListError::Write { .. }), "{err}");
+    assert!(err.to_string().contains("missing/DUE_BACKUP"), "{err}");
+    assert!(entries(dir.path()).is_empty());
+}
+
+#[test]
+fn backup_done_grows_by_the_acked_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("BACKUP_DONE");
+    let skipped = append_backup_done(&done, [p("/srv/a"), p("/srv/b")]).unwrap();
+    assert!(skipped.is_empty());
+    let evil = p("/srv/new\nline");
+    let skipped = append_backup_done(&done, [evil.clone(), p("/srv/c")]).unwrap();
+    assert_eq!(skipped, [evil]);
+    assert!(
+        append_backup_done(&done, Vec::<PathBuf>::new())
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        fs::read_to_string(&done).unwrap(),
+        "/srv/a\n/srv/b\n/srv/c\n"
+    );
+}
+
+#[test]
+fn backup_done_in_a_missing_directory_fails_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("nope").join("BACKUP_DONE");
+    let err = append_backup_done(&done, [p("/a")]).unwrap_err();
+    assert!(err.to_string().contains("nope/BACKUP_DONE"), "{err}");
+}
+
+#[test]
+fn an_indexerd_due_backup_is_imported() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("DUE_BACKUP");
+    let mut text = Vec::new();
+    text.extend_from_slice(b"/home/rfeye/data/rfeye002073_220307_T175758.bin\r\n");
+    text.extend_from_slice(b"/home/rfeye/data/rfeye002073_220307_T175700.bin\n");
+    text.extend_from_slice(b"\n   \r\n");
+    text.extend_from_slice(b"/home/rfeye/data/rfeye002073_220307_T175758.bin\n");
+    text.extend_from_slice(b"relative/file.bin\n");
+    text.extend_from_slice(b"/home/rfeye/data/trailing space \n");
+    text.extend_from_slice(b"/home/rfeye/data/nul\0byte\n");
+    text.extend_from_slice(b"/home/rfeye/data/caf\xe9.csv\n");
+    text.extend_from_slice(b"/home/rfeye/data/no-final-newline.log");
+    fs::write(&list, &text).unwrap();
+
+    let import = import_due_backup(&list).unwrap().unwrap();
+    assert_eq!(
+        import.paths,
+        [
+            raw(b"/home/rfeye/data/caf\xe9.csv"),
+            p("/home/rfeye/data/no-final-newline.log"),
+            p("/home/rfeye/data/rfeye002073_220307_T175700.bin"),
+            p("/home/rfeye/data/rfeye002073_220307_T175758.bin"),
+            p("/home/rfeye/data/trailing space "),
+        ]
+    );
+    assert_eq!(import.refused_count, 2);
+    assert_eq!(
+        import.refused,
+        [
+            RefusedLine {
+                line: 6,
+                text: "relative/file.bin".into(),
+                reason: Refusal::Relative,
+            },
+            RefusedLine {
+                line: 8,
+                text: "/home/rfeye/data/nul\0byte".into(),
+                reason: Refusal::Nul,
+            },
+        ]
+    );
+}
+
+#[test]
+fn an_over_long_line_is_refused_and_the_next_one_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("DUE_BACKUP");
+    let mut text = b"/".to_vec();
+    text.extend(std::iter::repeat_n(b'x', 3 * MAX_LINE));
+    text.extend_from_slice(b"\n/ok\n/");
+    // Exactly the limit is still accepted.
+    text.extend(std::iter::repeat_n(b'y', MAX_LINE - 1));
+    text.push(b'\n');
+    fs::write(&list, &text).unwrap();
+    let import = import_due_backup(&list).unwrap().unwrap();
+    assert_eq!(import.paths.len(), 2);
+    assert_eq!(import.paths[0], p("/ok"));
+    assert_eq!(import.paths[1].as_os_str().len(), MAX_LINE);
+    assert_eq!(import.refused_count, 1);
+    assert_eq!(import.refused[0].line, 1);
+    assert_eq!(import.refused[0].reason, Refusal::TooLong);
+}
+
+#[test]
+fn refused_lines_are_all_counted_but_only_the_first_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("DUE_BACKUP");
+    let text: String = (0..MAX_REFUSED_KEPT + 50)
+        .map(|i| format!("rel/{i}\n"))
+        .collect();
+    fs::write(&list, text).unwrap();
+    let import = import_due_backup(&list).unwrap().unwrap();
+    assert!(import.paths.is_empty());
+    assert_eq!(import.refused_count, MAX_REFUSED_KEPT + 50);
+    assert_eq!(import.refused.len(), MAX_REFUSED_KEPT);
+}
+
+#[test]
+fn no_due_backup_means_nothing_to_import() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        import_due_backup(&dir.path().join("DUE_BACKUP")).unwrap(),
+        None
+    );
+}
+
+#[test]
+fn an_unreadable_due_backup_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where the file should be: opening works, reading fails.
+    let list = dir.path().join("DUE_BACKUP");
+    fs::create_dir(&list).unwrap();
+    let err = import_due_backup(&list).unwrap_err();
+    assert!(err.to_string().contains("DUE_BACKUP"), "{err}");
+}

@@ -1,0 +1,873 @@
+//! The agent's ledger: every file seen under the watched roots, its identity
+//! (size, mtime, inode) and where it stands on its way to the collector, kept
+//! in SQLite so that it survives `kill -9` and restarts.
+//!
+//! A file is `due` from the moment it is observed until the collector acks the
+//! exact identity that was sent; then it is `done`. While a batch carrying it
+//! is in flight it is `sent-pending`, so that it is not offered twice; a
+//! process that dies leaves such rows behind and [`Ledger::open`] returns them
+//! to `due` (the collector answers a repeated offer idempotently).
+//!
+//! Every row carries a `generation` that grows whenever the file's identity
+//! changes. Batches carry the [`FileKey`] (id and generation) they read, and
+//! an ack or failure for an older generation does not touch the row: a file
+//! rewritten while its previous content was on the wire stays due.
+//!
+//! Paths are stored relative to their root, as the raw bytes the kernel gave
+//! (a BLOB), so names that are not UTF-8 survive unchanged. All methods are
+//! synchronous; the daemon calls them from `spawn_blocking`. Every mutating
+//! method is one transaction.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+
+/// The schema version this agent writes; `PRAGMA user_version` holds it.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// How long a call waits for a lock held by another connection (for example
+/// `ferry-agent status` reading while the daemon writes).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the ledger could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("cannot open ledger {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "ledger {} has schema version {found}, newer than this agent's {supported}; \
+         run the newer agent or restore a matching backup",
+        path.display()
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error(
+        "ledger {} has schema version {found}, older than this agent's {supported}; \
+         start the agent daemon once to migrate it",
+        path.display()
+    )]
+    TooOld {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("ledger {} cannot use write-ahead logging (journal mode is {mode:?})", path.display())]
+    NoWal { path: PathBuf, mode: String },
+    #[error("ledger {}: {source}", path.display())]
+    Sql {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("ledger {}: file {id} has an unknown state {state:?}", path.display())]
+    BadState {
+        path: PathBuf,
+        id: i64,
+        state: String,
+    },
+}
+
+/// What identifies one version of a file on disk: when any of these change,
+/// the content is taken to have changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time in nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Inode number (a file replaced by rename gets a new one).
+    pub inode: u64,
+}
+
+/// A row and the generation of its identity, as a batch read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    /// Row id.
+    pub id: i64,
+    /// Grows each time the file's identity changes.
+    pub generation: i64,
+}
+
+/// Where a file stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileState {
+    /// Waiting to be sent (or retried).
+    Due,
+    /// In a batch on its way to the collector.
+    SentPending,
+    /// Acknowledged by the collector.
+    Done,
+}
+
+/// What [`Ledger::observe`] concluded about a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// Never seen before; now due.
+    New,
+    /// Same identity as last time; nothing changed.
+    Unchanged,
+    /// Changed before it was backed up; still due, with the new identity.
+    Changed,
+    /// Changed after it was backed up; due again.
+    ChangedAfterBackup,
+}
+
+/// One file seen by a scan or an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    /// Name of the configured root.
+    pub root: String,
+    /// Path below the root.
+    pub rel_path: PathBuf,
+    /// Size, mtime and inode as seen.
+    pub identity: Identity,
+}
+
+/// A file waiting to be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueFile {
+    /// What an ack or failure must name.
+    pub key: FileKey,
+    /// Name of the configured root.
+    pub root: String,
+    /// Path below the root.
+    pub rel_path: PathBuf,
+    /// Identity as last observed; the sender checks the file still has it.
+    pub identity: Identity,
+    /// Failed attempts so far (for the caller's growing retry delay).
+    pub attempts: u32,
+    /// When the file (in this identity) became due.
+    pub due_since: SystemTime,
+}
+
+/// The collector's acknowledgement of one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acked {
+    /// The row and generation that was sent.
+    pub key: FileKey,
+    /// SHA-256 of the content the collector stored.
+    pub sha256: [u8; 32],
+}
+
+/// A file that became done, for `BACKUP_DONE` and the post-ack action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckedFile {
+    /// Name of the configured root.
+    pub root: String,
+    /// Path below the root.
+    pub rel_path: PathBuf,
+    /// The identity that was acked; delete or move the file only if it still
+    /// has it.
+    pub identity: Identity,
+}
+
+/// A due file that disappeared before it was backed up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vanished {
+    /// Name of the configured root.
+    pub root: String,
+    /// Path below the root.
+    pub rel_path: PathBuf,
+    /// Size when last seen.
+    pub size: u64,
+    /// Since when it had been due.
+    pub due_since: SystemTime,
+}
+
+/// The due set in numbers, for `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DueSummary {
+    /// Files not yet acknowledged.
+    pub files: u64,
+    /// Their total size.
+    pub bytes: u64,
+    /// When the longest-waiting one became due.
+    pub oldest: Option<SystemTime>,
+    /// How many of them have failed at least once.
+    pub failing: u64,
+}
+
+/// The last error of a file that failed to go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileError {
+    /// Name of the configured root.
+    pub root: String,
+    /// Path below the root.
+    pub rel_path: PathBuf,
+    /// What went wrong the last time.
+    pub error: String,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// When it last failed.
+    pub at: SystemTime,
+    /// When it will be tried again.
+    pub retry_at: Option<SystemTime>,
+}
+
+/// The ledger: one SQLite connection.
+#[derive(Debug)]
+pub struct Ledger {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger at `path`, migrates its schema
+    /// and returns files left in flight by a previous process to `due`. Only
+    /// the one agent daemon of a station may open its ledger this way.
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        let open_err = |source| LedgerError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(LedgerError::NoWal {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+        // Durability. In WAL mode with synchronous=NORMAL a commit is a
+        // write() into the WAL: it survives `kill -9` of the agent (the data
+        // is in the kernel's page cache), and only a power loss or kernel
+        // crash can roll back the last commits, never corrupt the database.
+        // What could be rolled back is harmless for the guarantees:
+        // - an observation: the rescan at start finds the file again;
+        // - an ack: the file is due again, the collector already holds it and
+        //   acks the repeated offer without a second catalog row.
+        // The one visible consequence would be an ack forgotten after the
+        // post-ack action deleted or moved the file: a spurious "vanished"
+        // warning. To rule that out `mark_acked` commits with
+        // synchronous=FULL (one fsync per acked batch, not per file), while
+        // the frequent per-file writes stay cheap.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        let mut ledger = Self {
+            conn,
+            path: path.to_owned(),
+        };
+        ledger.migrate()?;
+        ledger
+            .conn
+            .execute(
+                "UPDATE files SET state = 'due' WHERE state = 'sent-pending'",
+                [],
+            )
+            .map_err(ledger.sql())?;
+        Ok(ledger)
+    }
+
+    /// Opens an existing ledger for reading only (`ferry-agent status`
+    /// while the daemon runs): no migration, and files in flight stay so.
+    pub fn open_read_only(path: &Path) -> Result<Self, LedgerError> {
+        let open_err = |source| LedgerError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let found: u32 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(open_err)?;
+        if found > SCHEMA_VERSION {
+            return Err(LedgerError::TooNew {
+                path: path.to_owned(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            return Err(LedgerError::TooOld {
+                path: path.to_owned(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(Self {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The file this ledger lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records that `rel_path` under `root` was seen with `identity`.
+    pub fn observe(
+        &mut self,
+        root: &str,
+        rel_path: &Path,
+        identity: Identity,
+        now: SystemTime,
+    ) -> Result<Observed, LedgerError> {
+        let err = self.sql();
+        let tx = self.conn.transaction().map_err(&err)?;
+        let observed = observe_in(&tx, root, rel_path, identity, to_ms(now)).map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        Ok(observed)
+    }
+
+    /// [`Ledger::observe`] for many files in one transaction (a rescan).
+    pub fn observe_many(
+        &mut self,
+        observations: &[Observation],
+        now: SystemTime,
+    ) -> Result<Vec<Observed>, LedgerError> {
+        let err = self.sql();
+        let now = to_ms(now);
+        let tx = self.conn.transaction().map_err(&err)?;
+        let mut out = Vec::with_capacity(observations.len());
+        for o in observations {
+            out.push(observe_in(&tx, &o.root, &o.rel_path, o.identity, now).map_err(&err)?);
+        }
+        tx.commit().map_err(&err)?;
+        Ok(out)
+    }
+
+    /// Up to `limit` due files whose retry time has come, longest-waiting
+    /// first.
+    pub fn due(&self, limit: usize, now: SystemTime) -> Result<Vec<DueFile>, LedgerError> {
+        let err = self.sql();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, generation, root, rel_path, size, mtime_ns, inode, attempts, due_since
+                 FROM files
+                 WHERE state = 'due' AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)
+                 ORDER BY due_since, id
+                 LIMIT ?2",
+            )
+            .map_err(&err)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![to_ms(now), limit], |row| {
+                Ok(DueFile {
+                    key: FileKey {
+                        id: row.get(0)?,
+                        generation: row.get(1)?,
+                    },
+                    root: row.get(2)?,
+                    rel_path: path_from_blob(row.get(3)?),
+                    identity: Identity {
+                        size: from_sql_u64(row.get(4)?),
+                        mtime_ns: row.get(5)?,
+                        inode: from_sql_u64(row.get(6)?),
+                    },
+                    attempts: u32::try_from(row.get::<_, i64>(7)?).unwrap_or(u32::MAX),
+                    due_since: from_ms(row.get(8)?),
+                })
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    /// Marks files as being in a batch on the wire, so [`Ledger::due`] does
+    /// not offer them again. Returns how many were still due in the
+    /// generation given.
+    pub fn mark_sending(&mut self, keys: &[FileKey]) -> Result<usize, LedgerError> {
+        let err = self.sql();
+        let tx = self.conn.transaction().map_err(&err)?;
+        let mut marked = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE files SET state = 'sent-pending'
+                     WHERE id = ?1 AND generation = ?2 AND state = 'due'",
+                )
+                .map_err(&err)?;
+            for key in keys {
+                marked += stmt
+                    .execute(params![key.id, key.generation])
+                    .map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)?;
+        Ok(marked)
+    }
+
+    /// Returns files of a batch that did not complete to `due` without
+    /// counting a failure (the connection dropped, the agent is stopping).
+    pub fn unmark_sending(&mut self, keys: &[FileKey]) -> Result<usize, LedgerError> {
+        let err = self.sql();
+        let tx = self.conn.transaction().map_err(&err)?;
+        let mut reverted = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE files SET state = 'due'
+                     WHERE id = ?1 AND generation = ?2 AND state = 'sent-pending'",
+                )
+                .map_err(&err)?;
+            for key in keys {
+                reverted += stmt
+                    .execute(params![key.id, key.generation])
+                    .map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)?;
+        Ok(reverted)
+    }
+
+    /// Records the collector's acks durably (this commit is fsynced) and
+    /// returns the files that became done. An ack for an older generation
+    /// (the file changed meanwhile) or a repeated ack changes nothing and is
+    /// not returned, so `BACKUP_DONE` never gets a line twice.
+    pub fn mark_acked(
+        &mut self,
+        acks: &[Acked],
+        now: SystemTime,
+    ) -> Result<Vec<AckedFile>, LedgerError> {
+        let err = self.sql();
+        self.conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(&err)?;
+        let result = self.mark_acked_in(acks, to_ms(now));
+        let restored = self
+            .conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(&err);
+        let acked = result?;
+        restored?;
+        Ok(acked)
+    }
+
+    fn mark_acked_in(&mut self, acks: &[Acked], now: i64) -> Result<Vec<AckedFile>, LedgerError> {
+        let err = self.sql();
+        let tx = self.conn.transaction().map_err(&err)?;
+        let mut done = Vec::new();
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE files SET state = 'done', sha256 = ?3, acked_at = ?4, attempts = 0,
+                         last_error = NULL, last_error_at = NULL, next_attempt_at = NULL
+                     WHERE id = ?1 AND generation = ?2 AND state <> 'done'
+                     RETURNING root, rel_path, size, mtime_ns, inode",
+                )
+                .map_err(&err)?;
+            for ack in acks {
+                let row = stmt
+                    .query_row(
+                        params![ack.key.id, ack.key.generation, &ack.sha256[..], now],
+                        |row| {
+                            Ok(AckedFile {
+                                root: row.get(0)?,
+                                rel_path: path_from_blob(row.get(1)?),
+                                identity: Identity {
+                                    size: from_sql_u64(row.get(2)?),
+                                    mtime_ns: row.get(3)?,
+                                    inode: from_sql_u64(row.get(4)?),
+                                },
+                            })
+                        },
+                    )
+                    .optional()
+                    .map_err(&err)?;
+                done.extend(row);
+            }
+            if !done.is_empty() {
+                set_marker_in(&tx, LAST_ACK, now).map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)?;
+        Ok(done)
+    }
+
+    /// Records that sending a file failed; it stays due and is not offered
+    /// again before `retry_at`. Returns false if the file changed meanwhile
+    /// (its new identity is due without delay) or is gone.
+    pub fn mark_failed(
+        &mut self,
+        key: FileKey,
+        error: &str,
+        now: SystemTime,
+        retry_at: SystemTime,
+    ) -> Result<bool, LedgerError> {
+        let err = self.sql();
+        let tx = self.conn.transaction().map_err(&err)?;
+        let changed = tx
+            .execute(
+                "UPDATE files SET state = 'due', attempts = attempts + 1, last_error = ?3,
+                     last_error_at = ?4, next_attempt_at = ?5
+                 WHERE id = ?1 AND generation = ?2 AND state <> 'done'",
+                params![key.id, key.generation, error, to_ms(now), to_ms(retry_at)],
+            )
+            .map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        Ok(changed == 1)
+    }
+
+    /// Forgets a file that no longer exists. Returns it if it was still due,
+    /// so the caller can warn that it disappeared before it was backed up; a
+    /// done file (deleted or moved after its ack) is forgotten silently.
+    pub fn vanished(
+        &mut self,
+        root: &str,
+        rel_path: &Path,
+    ) -> Result<Option<Vanished>, LedgerError> {
+        let err = self.sql();
+        let tx = self.conn.transaction().map_err(&err)?;
+        let row = tx
+            .query_row(
+                "DELETE FROM files WHERE root = ?1 AND rel_path = ?2
+                 RETURNING root, rel_path, size, due_since, state",
+                params![root, rel_path.as_os_str().as_bytes()],
+                vanished_row,
+            )
+            .optional()
+            .map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        Ok(row.and_then(|(vanished, was_due)| was_due.then_some(vanished)))
+    }
+
+    /// After a full scan of `root` that started at `scan_started`, forgets
+    /// every file of that root not observed since, and returns those that
+    /// were still due (see [`Ledger::vanished`]).
+    pub fn sweep(
+        &mut self,
+        root: &str,
+        scan_started: SystemTime,
+    ) -> Result<Vec<Vanished>, LedgerError> {
+        let err = self.sql();
+        let tx = self.conn.transaction().map_err(&err)?;
+        let gone = {
+            let mut stmt = tx
+                .prepare(
+                    "DELETE FROM files WHERE root = ?1 AND last_seen < ?2
+                     RETURNING root, rel_path, size, due_since, state",
+                )
+                .map_err(&err)?;
+            let rows = stmt
+                .query_map(params![root, to_ms(scan_started)], vanished_row)
+                .map_err(&err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(&err)?
+        };
+        tx.commit().map_err(&err)?;
+        let mut due: Vec<Vanished> = gone
+            .into_iter()
+            .filter_map(|(vanished, was_due)| was_due.then_some(vanished))
+            .collect();
+        due.sort_by(|a, b| a.rel_path.as_os_str().cmp(b.rel_path.as_os_str()));
+        Ok(due)
+    }
+
+    /// Where a file stands, if the ledger knows it.
+    pub fn state(&self, root: &str, rel_path: &Path) -> Result<Option<FileState>, LedgerError> {
+        let err = self.sql();
+        let row: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT id, state FROM files WHERE root = ?1 AND rel_path = ?2",
+                params![root, rel_path.as_os_str().as_bytes()],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(&err)?;
+        row.map(|(id, state)| self.parse_state(id, state))
+            .transpose()
+    }
+
+    /// Files not yet acknowledged, their bytes and the oldest.
+    pub fn due_summary(&self) -> Result<DueSummary, LedgerError> {
+        let err = self.sql();
+        let (files, bytes, oldest, failing): (i64, i64, Option<i64>, i64) = self
+            .conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(size), 0), min(due_since),
+                        count(*) FILTER (WHERE attempts > 0)
+                 FROM files WHERE state IN ('due', 'sent-pending')",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .map_err(&err)?;
+        Ok(DueSummary {
+            files: from_sql_u64(files),
+            bytes: from_sql_u64(bytes),
+            oldest: oldest.map(from_ms),
+            failing: from_sql_u64(failing),
+        })
+    }
+
+    /// Absolute paths of every file not yet acknowledged, for `DUE_BACKUP`.
+    /// `roots` maps root names to their directories; files of roots no
+    /// longer configured are left out. The order is unspecified.
+    pub fn due_paths(
+        &self,
+        roots: &BTreeMap<String, PathBuf>,
+    ) -> Result<Vec<PathBuf>, LedgerError> {
+        let err = self.sql();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT root, rel_path FROM files WHERE state IN ('due', 'sent-pending')",
+            )
+            .map_err(&err)?;
+        let mut rows = stmt.query([]).map_err(&err)?;
+        let mut paths = Vec::new();
+        while let Some(row) = rows.next().map_err(&err)? {
+            let root: String = row.get(0).map_err(&err)?;
+            if let Some(dir) = roots.get(&root) {
+                paths.push(dir.join(path_from_blob(row.get(1).map_err(&err)?)));
+            }
+        }
+        Ok(paths)
+    }
+
+    /// The `n` most recent errors of files still due, newest first.
+    pub fn recent_errors(&self, n: usize) -> Result<Vec<FileError>, LedgerError> {
+        let err = self.sql();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT root, rel_path, last_error, attempts, last_error_at, next_attempt_at
+                 FROM files
+                 WHERE last_error IS NOT NULL AND state <> 'done'
+                 ORDER BY last_error_at DESC, id DESC
+                 LIMIT ?1",
+            )
+            .map_err(&err)?;
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![n], |row| {
+                Ok(FileError {
+                    root: row.get(0)?,
+                    rel_path: path_from_blob(row.get(1)?),
+                    error: row.get(2)?,
+                    attempts: u32::try_from(row.get::<_, i64>(3)?).unwrap_or(u32::MAX),
+                    at: from_ms(row.get::<_, Option<i64>>(4)?.unwrap_or(0)),
+                    retry_at: row.get::<_, Option<i64>>(5)?.map(from_ms),
+                })
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    /// When the collector last acknowledged a file.
+    pub fn last_ack(&self) -> Result<Option<SystemTime>, LedgerError> {
+        self.marker(LAST_ACK)
+    }
+
+    /// A named moment kept across restarts (for example when the legacy
+    /// `DUE_BACKUP` was imported).
+    pub fn marker(&self, name: &str) -> Result<Option<SystemTime>, LedgerError> {
+        self.conn
+            .query_row(
+                "SELECT value FROM markers WHERE name = ?1",
+                params![name],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|ms| ms.map(from_ms))
+            .map_err(self.sql())
+    }
+
+    /// Sets a named moment (see [`Ledger::marker`]).
+    pub fn set_marker(&mut self, name: &str, at: SystemTime) -> Result<(), LedgerError> {
+        set_marker_in(&self.conn, name, to_ms(at)).map_err(self.sql())
+    }
+
+    fn migrate(&mut self) -> Result<(), LedgerError> {
+        let err = self.sql();
+        let found: u32 = self
+            .conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(&err)?;
+        if found > SCHEMA_VERSION {
+            return Err(LedgerError::TooNew {
+                path: self.path.clone(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        for (version, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = self.conn.transaction().map_err(&err)?;
+            tx.execute_batch(sql).map_err(&err)?;
+            let next = u32::try_from(version + 1).unwrap_or(u32::MAX);
+            tx.pragma_update(None, "user_version", next).map_err(&err)?;
+            tx.commit().map_err(&err)?;
+        }
+        Ok(())
+    }
+
+    fn parse_state(&self, id: i64, state: String) -> Result<FileState, LedgerError> {
+        match state.as_str() {
+            "due" => Ok(FileState::Due),
+            "sent-pending" => Ok(FileState::SentPending),
+            "done" => Ok(FileState::Done),
+            _ => Err(LedgerError::BadState {
+                path: self.path.clone(),
+                id,
+                state,
+            }),
+        }
+    }
+
+    fn sql(&self) -> impl Fn(rusqlite::Error) -> LedgerError + use<> {
+        let path = self.path.clone();
+        move |source| LedgerError::Sql {
+            path: path.clone(),
+            source,
+        }
+    }
+}
+
+/// Marker name of the last ack.
+const LAST_ACK: &str = "last-ack";
+
+/// Schema migrations; entry `n` takes `user_version` from `n` to `n + 1`.
+/// Append only: never edit a migration that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: files and markers. Times are milliseconds since the Unix epoch.
+    "CREATE TABLE files (
+         id INTEGER PRIMARY KEY,
+         root TEXT NOT NULL,
+         rel_path BLOB NOT NULL,
+         size INTEGER NOT NULL,
+         mtime_ns INTEGER NOT NULL,
+         inode INTEGER NOT NULL,
+         generation INTEGER NOT NULL DEFAULT 1,
+         sha256 BLOB,
+         state TEXT NOT NULL CHECK (state IN ('due', 'sent-pending', 'done')),
+         attempts INTEGER NOT NULL DEFAULT 0,
+         last_error TEXT,
+         last_error_at INTEGER,
+         next_attempt_at INTEGER,
+         acked_at INTEGER,
+         first_seen INTEGER NOT NULL,
+         due_since INTEGER NOT NULL,
+         last_seen INTEGER NOT NULL,
+         UNIQUE (root, rel_path)
+     ) STRICT;
+     CREATE INDEX files_by_state ON files (state, due_since, id);
+     CREATE INDEX files_by_last_seen ON files (root, last_seen);
+     CREATE TABLE markers (
+         name TEXT PRIMARY KEY,
+         value INTEGER NOT NULL
+     ) STRICT;",
+];
+
+fn observe_in(
+    tx: &Transaction<'_>,
+    root: &str,
+    rel_path: &Path,
+    identity: Identity,
+    now: i64,
+) -> rusqlite::Result<Observed> {
+    let rel = rel_path.as_os_str().as_bytes();
+    let size = to_sql_u64(identity.size);
+    let inode = to_sql_u64(identity.inode);
+    let known: Option<(i64, i64, i64, i64, String)> = tx
+        .prepare_cached(
+            "SELECT id, size, mtime_ns, inode, state FROM files WHERE root = ?1 AND rel_path = ?2",
+        )?
+        .query_row(params![root, rel], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
+        })
+        .optional()?;
+    let Some((id, old_size, old_mtime, old_inode, state)) = known else {
+        tx.prepare_cached(
+            "INSERT INTO files (root, rel_path, size, mtime_ns, inode, state,
+                                first_seen, due_since, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'due', ?6, ?6, ?6)",
+        )?
+        .execute(params![root, rel, size, identity.mtime_ns, inode, now])?;
+        return Ok(Observed::New);
+    };
+    if (old_size, old_mtime, old_inode) == (size, identity.mtime_ns, inode) {
+        tx.prepare_cached("UPDATE files SET last_seen = ?2 WHERE id = ?1")?
+            .execute(params![id, now])?;
+        return Ok(Observed::Unchanged);
+    }
+    // New content: a new generation, due now, with a clean slate of
+    // attempts (the old errors were about the old content).
+    tx.prepare_cached(
+        "UPDATE files SET size = ?2, mtime_ns = ?3, inode = ?4, generation = generation + 1,
+             sha256 = NULL, state = 'due', attempts = 0, last_error = NULL,
+             last_error_at = NULL, next_attempt_at = NULL, acked_at = NULL,
+             due_since = ?5, last_seen = ?5
+         WHERE id = ?1",
+    )?
+    .execute(params![id, size, identity.mtime_ns, inode, now])?;
+    Ok(if state == "done" {
+        Observed::ChangedAfterBackup
+    } else {
+        Observed::Changed
+    })
+}
+
+fn vanished_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Vanished, bool)> {
+    let state: String = row.get(4)?;
+    Ok((
+        Vanished {
+            root: row.get(0)?,
+            rel_path: path_from_blob(row.get(1)?),
+            size: from_sql_u64(row.get(2)?),
+            due_since: from_ms(row.get(3)?),
+        },
+        state != "done",
+    ))
+}
+
+fn set_marker_in(conn: &Connection, name: &str, value: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO markers (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![name, value])?;
+    Ok(())
+}
+
+fn path_from_blob(bytes: Vec<u8>) -> PathBuf {
+    PathBuf::from(OsStr::from_bytes(&bytes))
+}
+
+/// SQLite integers are signed; sizes and inodes are stored bit for bit.
+fn to_sql_u64(value: u64) -> i64 {
+    i64::from_ne_bytes(value.to_ne_bytes())
+}
+
+fn from_sql_u64(value: i64) -> u64 {
+    u64::from_ne_bytes(value.to_ne_bytes())
+}
+
+fn to_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
+    }
+}
+
+fn from_ms(ms: i64) -> SystemTime {
+    let magnitude = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        UNIX_EPOCH + magnitude
+    } else {
+        UNIX_EPOCH - magnitude
+    }
+}
+
+#[cfg(test)]
+mod tests;
