@@ -2,7 +2,10 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod daemon;
 pub mod due_list;
 pub mod halt_flag;
 pub mod ledger;
 pub mod sender;
+pub mod status;
+pub mod watch;

@@ -1,41 +1,190 @@
 //! `ferry-agent`: command line entry point of the station agent.
 
+use std::io::{self, IsTerminal};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::SystemTime;
+
+use ferry_agent::config;
+use ferry_agent::halt_flag::{HaltFlag, Raise, Resumed};
 
 const HELP: &str = "\
 ferry-agent: watches a station's measurement directories and pushes every
 finished file to the Ferry collector over mutual TLS.
 
-usage: ferry-agent <command> [options]
+usage: ferry-agent <command> [--config PATH] [options]
 
 commands:
-  help   print this help
+  run        run the agent (--check: validate the config and exit)
+  status     due files and bytes, last ack, halt flag, collector, errors
+             (--json for machine-readable output)
+  halt       raise an operator HALT_FLAG: the agent stops sending until resume
+  resume     remove the operator HALT_FLAG
+  help       print this help
 
 options:
-  -h, --help     print this help
-  -V, --version  print the version
+  -c, --config PATH  configuration file (default /etc/ferry/agent.toml)
+      --check        validate the configuration and exit (also without `run`)
+  -h, --help         print this help
+  -V, --version      print the version
 
-Not built yet: run, status, halt, resume, --check (see the project's issues).
+Environment: FERRY_LOG sets the log filter (default info).
 ";
 
-fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
-        Some("-h" | "--help" | "help") => {
-            print!("{HELP}");
-            ExitCode::SUCCESS
-        }
-        Some("-V" | "--version") => {
-            println!("ferry-agent {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        Some(other) => {
-            eprintln!("ferry-agent: {other}: not built yet");
-            ExitCode::from(2)
-        }
-        None => {
-            eprintln!("ferry-agent: missing command (see --help)");
-            ExitCode::from(2)
+struct Args {
+    command: String,
+    config: PathBuf,
+    check: bool,
+    json: bool,
+}
+
+fn parse() -> Result<Option<Args>, String> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_env();
+    let mut args = Args {
+        command: String::new(),
+        config: config::DEFAULT_PATH.into(),
+        check: false,
+        json: false,
+    };
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            Short('h') | Long("help") => {
+                print!("{HELP}");
+                return Ok(None);
+            }
+            Short('V') | Long("version") => {
+                println!("ferry-agent {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            Short('c') | Long("config") => {
+                args.config = parser.value().map_err(|e| e.to_string())?.into()
+            }
+            Long("check") => args.check = true,
+            Long("json") => args.json = true,
+            Value(v) if args.command.is_empty() => args.command = v.to_string_lossy().into_owned(),
+            other => return Err(other.unexpected().to_string()),
         }
     }
+    if args.command.is_empty() {
+        if args.check {
+            args.command = "run".into();
+        } else {
+            return Err("missing command (see --help)".into());
+        }
+    }
+    if args.command == "help" {
+        print!("{HELP}");
+        return Ok(None);
+    }
+    Ok(Some(args))
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(Some(args)) => args,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("ferry-agent: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let settings = match config::load(&args.config) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("ferry-agent: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
+        .try_init();
+    let flag = HaltFlag::new(&settings.legacy.halt_flag, settings.legacy.halt_timeout);
+    let result: anyhow::Result<()> = match args.command.as_str() {
+        "run" if args.check => ferry_agent::daemon::station_id(&settings)
+            .map_err(anyhow::Error::from)
+            .and_then(|station| {
+                let material = ferry_common::tls::TlsMaterial::from_files(
+                    &settings.tls.ca,
+                    &settings.tls.cert,
+                    &settings.tls.key,
+                )?;
+                ferry_common::tls::client_config(&material)?;
+                println!("{}: ok (station {station})", args.config.display());
+                Ok(())
+            }),
+        "run" => run(settings),
+        "status" => ferry_agent::status::report(&settings)
+            .map(|report| {
+                if args.json {
+                    print!("{}", ferry_agent::status::json(&report));
+                } else {
+                    print!("{}", ferry_agent::status::text(&report));
+                }
+            })
+            .map_err(Into::into),
+        "halt" => match flag.raise_operator_halt(SystemTime::now()) {
+            Ok(Raise::Raised(held)) | Ok(Raise::TookOver { held, .. }) => {
+                held.keep();
+                println!("halted: the agent sends nothing until `ferry-agent resume`");
+                Ok(())
+            }
+            Ok(Raise::Busy(holder)) => Err(anyhow::anyhow!(
+                "HALT_FLAG is held by {holder}; try again in a moment"
+            )),
+            Err(error) => Err(error.into()),
+        },
+        "resume" => match flag.resume() {
+            Ok(Resumed::Removed(_)) => {
+                println!("resumed");
+                Ok(())
+            }
+            Ok(Resumed::NotHalted) => {
+                println!("not halted");
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        },
+        other => {
+            eprintln!("ferry-agent: unknown command {other:?} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ferry-agent: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(settings: config::Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                tracing::info!("stopping");
+                let _ = stop.send(true);
+            }
+        });
+        ferry_agent::daemon::run(settings, shutdown).await?;
+        Ok(())
+    })
 }

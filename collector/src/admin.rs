@@ -46,7 +46,11 @@ fn journal(settings: &Settings) -> Result<Journal, AdminError> {
 }
 
 /// Status of every station (or one), read from the journal.
-pub fn status(settings: &Settings, station: Option<&str>, now_ms: i64) -> Result<Vec<StationStatus>, AdminError> {
+pub fn status(
+    settings: &Settings,
+    station: Option<&str>,
+    now_ms: i64,
+) -> Result<Vec<StationStatus>, AdminError> {
     let journal = journal(settings)?;
     let stations = match station {
         Some(s) => vec![s.to_owned()],
@@ -54,17 +58,20 @@ pub fn status(settings: &Settings, station: Option<&str>, now_ms: i64) -> Result
     };
     let mut out = Vec::new();
     for station in stations {
-        let (files, bytes, last, (p, b)) = journal.station_stats(&station)?;
-        let errors = journal.failures(&station, now_ms - 86_400_000, 1_000_000)?.len() as u64;
+        let stats = journal.station_stats(&station)?;
+        let (p, b) = (stats.pending_primary, stats.pending_backup);
+        let errors = journal
+            .failures(&station, now_ms - 86_400_000, 1_000_000)?
+            .len() as u64;
         out.push(StationStatus {
             station,
-            host_files: files,
-            bytes,
+            host_files: stats.files,
+            bytes: stats.bytes,
             pending_backup: p.max(b),
             pending_primary: p,
             pending_backup_catalog: b,
             backup_error: errors,
-            last_backup: last.map(|ms| ms / 1000),
+            last_backup: stats.last_stored_ms.map(|ms| ms / 1000),
         });
     }
     Ok(out)
@@ -77,7 +84,9 @@ pub fn status_text(rows: &[StationStatus]) -> String {
         "station", "files", "bytes", "pending", "errors", "last backup"
     );
     for r in rows {
-        let last = r.last_backup.map_or_else(|| "never".to_owned(), |s| s.to_string());
+        let last = r
+            .last_backup
+            .map_or_else(|| "never".to_owned(), |s| s.to_string());
         let _ = writeln!(
             out,
             "{:<24} {:>10} {:>14} {:>10} {:>8} {:>12}",
@@ -138,14 +147,24 @@ pub async fn reconcile(settings: &Settings, dry_run: bool) -> Result<Report, Adm
 
 /// Human-readable reconcile report.
 pub fn report_text(report: &Report) -> String {
-    let mut out = format!("{:<24} {:>10} {:>10}  {}\n", "station", "primary", "backup", "digest");
+    let mut out = format!(
+        "{:<24} {:>10} {:>10}  {}\n",
+        "station", "primary", "backup", "digest"
+    );
     for s in &report.stations {
         let digest = if s.primary_digest == s.backup_digest {
-            format!("{} (same)", &s.primary_digest[..16.min(s.primary_digest.len())])
+            format!(
+                "{} (same)",
+                &s.primary_digest[..16.min(s.primary_digest.len())]
+            )
         } else {
             "DIFFERENT".to_owned()
         };
-        let _ = writeln!(out, "{:<24} {:>10} {:>10}  {}", s.station, s.primary_rows, s.backup_rows, digest);
+        let _ = writeln!(
+            out,
+            "{:<24} {:>10} {:>10}  {}",
+            s.station, s.primary_rows, s.backup_rows, digest
+        );
     }
     let _ = writeln!(
         out,
@@ -172,7 +191,14 @@ pub async fn migrate(settings: &Settings) -> Result<(), AdminError> {
 }
 
 /// Per-station totals from one catalog (for tests and diagnostics).
-pub async fn catalog_summary(settings: &Settings, catalog: &str) -> Result<Vec<StationSummary>, AdminError> {
-    let url = if catalog == "backup" { &settings.backup } else { &settings.primary };
+pub async fn catalog_summary(
+    settings: &Settings,
+    catalog: &str,
+) -> Result<Vec<StationSummary>, AdminError> {
+    let url = if catalog == "backup" {
+        &settings.backup
+    } else {
+        &settings.primary
+    };
     Ok(store(catalog, url).summary().await?)
 }

@@ -31,6 +31,19 @@ pub struct Record {
     pub transfer: String,
 }
 
+/// One station's files in the repository and records in the journal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StationStats {
+    pub files: u64,
+    pub bytes: u64,
+    /// Unix milliseconds of the newest stored file.
+    pub last_stored_ms: Option<i64>,
+    /// Records not yet applied to the primary catalog.
+    pub pending_primary: u64,
+    /// Records not yet applied to the backup catalog.
+    pub pending_backup: u64,
+}
+
 /// Journal failures.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -191,14 +204,21 @@ impl Journal {
             }
         }
         let last: i64 = tx
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM records", [], |r| r.get(0))
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM records", [], |r| {
+                r.get(0)
+            })
             .map_err(self.err())?;
         tx.commit().map_err(self.err())?;
         Ok(last as u64)
     }
 
     /// Where the repository holds this content for this path, if it does.
-    pub fn lookup(&self, station: &str, path: &str, sha256: &Sha256) -> Result<Option<String>, JournalError> {
+    pub fn lookup(
+        &self,
+        station: &str,
+        path: &str,
+        sha256: &Sha256,
+    ) -> Result<Option<String>, JournalError> {
         self.lock()
             .query_row(
                 "SELECT stored_as FROM stored WHERE station = ?1 AND path = ?2 AND sha256 = ?3",
@@ -300,14 +320,16 @@ impl Journal {
             )
             .map_err(self.err())?;
         let rows = stmt
-            .query_map(params![catalog], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .query_map(params![catalog], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+            })
             .map_err(self.err())?;
         rows.collect::<Result<_, _>>().map_err(self.err())
     }
 
-    /// What the repository holds for `station`: files, bytes, the newest
-    /// store time (unix ms), and records not yet applied to (primary, backup).
-    pub fn station_stats(&self, station: &str) -> Result<(u64, u64, Option<i64>, (u64, u64)), JournalError> {
+    /// What the repository holds for `station`, and its records not yet
+    /// applied to each catalog.
+    pub fn station_stats(&self, station: &str) -> Result<StationStats, JournalError> {
         let conn = self.lock();
         let (files, bytes, last): (i64, i64, Option<i64>) = conn
             .query_row(
@@ -326,24 +348,44 @@ impl Journal {
             .map(|n| n as u64)
             .map_err(self.err())
         };
-        Ok((files as u64, bytes as u64, last, (pending("primary")?, pending("backup")?)))
+        Ok(StationStats {
+            files: files as u64,
+            bytes: bytes as u64,
+            last_stored_ms: last,
+            pending_primary: pending("primary")?,
+            pending_backup: pending("backup")?,
+        })
     }
 
     /// Notes a file that failed for `station` (for status), keeping a week.
-    pub fn record_failure(&self, station: &str, path: &str, message: &str, at_ms: i64) -> Result<(), JournalError> {
+    pub fn record_failure(
+        &self,
+        station: &str,
+        path: &str,
+        message: &str,
+        at_ms: i64,
+    ) -> Result<(), JournalError> {
         let conn = self.lock();
         conn.execute(
             "INSERT INTO failures (station, at, path, message) VALUES (?1, ?2, ?3, ?4)",
             params![station, at_ms, path, message],
         )
         .map_err(self.err())?;
-        conn.execute("DELETE FROM failures WHERE at < ?1", params![at_ms - 7 * 86_400_000])
-            .map_err(self.err())?;
+        conn.execute(
+            "DELETE FROM failures WHERE at < ?1",
+            params![at_ms - 7 * 86_400_000],
+        )
+        .map_err(self.err())?;
         Ok(())
     }
 
     /// Failures of `station` since `since_ms`, newest first (at most `limit`).
-    pub fn failures(&self, station: &str, since_ms: i64, limit: usize) -> Result<Vec<(i64, String, String)>, JournalError> {
+    pub fn failures(
+        &self,
+        station: &str,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String, String)>, JournalError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare_cached(
@@ -351,7 +393,9 @@ impl Journal {
             )
             .map_err(self.err())?;
         let rows = stmt
-            .query_map(params![station, since_ms, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_map(params![station, since_ms, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .map_err(self.err())?;
         rows.collect::<Result<_, _>>().map_err(self.err())
     }
@@ -402,11 +446,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(&dir.path().join("j.sqlite")).unwrap();
         journal.register(&["primary", "backup"]).unwrap();
-        let last = journal.append(&[record("a/1", 1), record("a/2", 2), record("a/3", 3)]).unwrap();
+        let last = journal
+            .append(&[record("a/1", 1), record("a/2", 2), record("a/3", 3)])
+            .unwrap();
         assert_eq!(last, 3);
         journal.applied("primary", 3).unwrap();
         assert_eq!(journal.len().unwrap(), 3, "backup has applied nothing yet");
-        assert_eq!(journal.pending("backup").unwrap(), vec![("s1".to_owned(), 3)]);
+        assert_eq!(
+            journal.pending("backup").unwrap(),
+            vec![("s1".to_owned(), 3)]
+        );
         assert!(journal.pending("primary").unwrap().is_empty());
         journal.applied("backup", 2).unwrap();
         assert_eq!(journal.len().unwrap(), 1);
@@ -414,7 +463,10 @@ mod tests {
         assert_eq!(rest, vec![(3, record("a/3", 3))]);
         // Positions never go backwards.
         journal.applied("backup", 1).unwrap();
-        assert_eq!(journal.pending("backup").unwrap(), vec![("s1".to_owned(), 1)]);
+        assert_eq!(
+            journal.pending("backup").unwrap(),
+            vec![("s1".to_owned(), 1)]
+        );
     }
 
     #[test]
@@ -429,7 +481,10 @@ mod tests {
             assert!(journal.is_empty().unwrap());
         }
         let journal = Journal::open(&path).unwrap();
-        assert_eq!(journal.lookup("s1", "a/1", &[1; 32]).unwrap().as_deref(), Some("s1/a/1"));
+        assert_eq!(
+            journal.lookup("s1", "a/1", &[1; 32]).unwrap().as_deref(),
+            Some("s1/a/1")
+        );
         assert_eq!(journal.lookup("s1", "a/1", &[2; 32]).unwrap(), None);
         assert_eq!(journal.content_of("s1/a/1").unwrap(), Some([1; 32]));
         // Sequence numbers keep growing after pruning (AUTOINCREMENT).

@@ -86,7 +86,8 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     warn!(station = %peer.station, "station exceeded its window; disconnecting");
-                    let error = ErrorFrame::new(ErrorCode::TooLarge, "flow-control window exceeded");
+                    let error =
+                        ErrorFrame::new(ErrorCode::TooLarge, "flow-control window exceeded");
                     let _ = sender.send(&peer, Message::Error(error)).await;
                     sessions.remove(&peer.identity);
                     link.disconnect(&peer);
@@ -98,7 +99,10 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
             continue;
         }
         let Message::Hello(hello) = message else {
-            let error = ErrorFrame::new(ErrorCode::UnexpectedMessage, "the session starts with Hello");
+            let error = ErrorFrame::new(
+                ErrorCode::UnexpectedMessage,
+                "the session starts with Hello",
+            );
             let _ = sender.send(&peer, Message::Error(error)).await;
             continue;
         };
@@ -126,7 +130,10 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
             continue;
         }
         let (tx, rx) = mpsc::channel(depth);
-        let lock = station_locks.entry(peer.station.clone()).or_default().clone();
+        let lock = station_locks
+            .entry(peer.station.clone())
+            .or_default()
+            .clone();
         let span = info_span!("session", station = %peer.station, session = %format!("{:016x}", hello.session));
         let session = Session::new(peer.clone(), shared.clone(), sender.clone(), hello.session);
         let welcome = Welcome {
@@ -147,7 +154,13 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
             }
             .instrument(span),
         );
-        sessions.insert(peer.identity.clone(), SessionHandle { tx, station: peer.station.clone() });
+        sessions.insert(
+            peer.identity.clone(),
+            SessionHandle {
+                tx,
+                station: peer.station.clone(),
+            },
+        );
     }
 }
 
@@ -209,7 +222,10 @@ impl Session {
                     let what = format!("{other:?}");
                     let error = ErrorFrame::new(
                         ErrorCode::UnexpectedMessage,
-                        format!("{} not expected from a station", what.split('(').next().unwrap_or("message")),
+                        format!(
+                            "{} not expected from a station",
+                            what.split('(').next().unwrap_or("message")
+                        ),
                     );
                     self.send(Message::Error(error)).await;
                 }
@@ -232,16 +248,32 @@ impl Session {
         let mut batch = Batch::default();
         for file in offer.files {
             let refuse = |batch: &mut Batch, error: ErrorFrame| {
-                batch.results.push(FileResult { id: file.id, outcome: Outcome::Failed(error.clone()) });
-                FileNeed { id: file.id, need: Need::Refused(error) }
+                batch.results.push(FileResult {
+                    id: file.id,
+                    outcome: Outcome::Failed(error.clone()),
+                });
+                FileNeed {
+                    id: file.id,
+                    need: Need::Refused(error),
+                }
             };
-            if let Err(e) = repository::check_root(&file.root).and_then(|_| repository::check_path(&file.path)) {
+            if let Err(e) =
+                repository::check_root(&file.root).and_then(|_| repository::check_path(&file.path))
+            {
                 warn!(root = %file.root, path = ?file.path, error = %e, "path refused");
-                needs.push(refuse(&mut batch, ErrorFrame::new(ErrorCode::PathRefused, e.to_string())));
+                needs.push(refuse(
+                    &mut batch,
+                    ErrorFrame::new(ErrorCode::PathRefused, e.to_string()),
+                ));
                 continue;
             }
-            if batch.waiting.contains(&file.id) || self.offered.contains_key(&(offer.batch, file.id)) {
-                needs.push(refuse(&mut batch, ErrorFrame::new(ErrorCode::UnexpectedMessage, "file id offered twice")));
+            if batch.waiting.contains(&file.id)
+                || self.offered.contains_key(&(offer.batch, file.id))
+            {
+                needs.push(refuse(
+                    &mut batch,
+                    ErrorFrame::new(ErrorCode::UnexpectedMessage, "file id offered twice"),
+                ));
                 continue;
             }
             let key = FileKey {
@@ -254,26 +286,50 @@ impl Session {
             if let Some(sha) = file.sha256 {
                 let journal = self.shared.journal.clone();
                 let (station, path) = (key.station.to_string(), key.catalog_path());
-                let found = tokio::task::spawn_blocking(move || journal.lookup(&station, &path, &sha)).await;
+                let found =
+                    tokio::task::spawn_blocking(move || journal.lookup(&station, &path, &sha))
+                        .await;
                 if let Ok(Ok(Some(stored_as))) = found {
-                    batch.results.push(FileResult { id: file.id, outcome: Outcome::AlreadyStored { sha256: sha, stored_as } });
-                    needs.push(FileNeed { id: file.id, need: Need::AlreadyHave });
+                    batch.results.push(FileResult {
+                        id: file.id,
+                        outcome: Outcome::AlreadyStored {
+                            sha256: sha,
+                            stored_as,
+                        },
+                    });
+                    needs.push(FileNeed {
+                        id: file.id,
+                        need: Need::AlreadyHave,
+                    });
                     continue;
                 }
             }
             if full {
-                needs.push(refuse(&mut batch, ErrorFrame::new(ErrorCode::DiskFull, "repository is below its free-space reserve; retry later")));
+                needs.push(refuse(
+                    &mut batch,
+                    ErrorFrame::new(
+                        ErrorCode::DiskFull,
+                        "repository is below its free-space reserve; retry later",
+                    ),
+                ));
                 continue;
             }
             let offset = self.shared.repository.staged_len(&key);
             batch.waiting.insert(file.id);
             self.offered.insert((offer.batch, file.id), Offered { key });
-            needs.push(FileNeed { id: file.id, need: Need::From { offset } });
+            needs.push(FileNeed {
+                id: file.id,
+                need: Need::From { offset },
+            });
         }
         if full {
             warn!("repository below its free-space reserve; offers refused");
         }
-        self.send(Message::OfferReply(OfferReply { batch: offer.batch, files: needs })).await;
+        self.send(Message::OfferReply(OfferReply {
+            batch: offer.batch,
+            files: needs,
+        }))
+        .await;
         let id = offer.batch;
         self.batches.insert(id, batch);
         drop(_enter);
@@ -284,10 +340,14 @@ impl Session {
     fn staged(&mut self, batch: u64, file: u32) -> Result<&mut Staged, ErrorFrame> {
         if !self.staged.contains_key(&(batch, file)) {
             let offered = self.offered.get(&(batch, file)).ok_or_else(|| {
-                ErrorFrame::new(ErrorCode::UnexpectedMessage, format!("file {file} of batch {batch} was not offered"))
+                ErrorFrame::new(
+                    ErrorCode::UnexpectedMessage,
+                    format!("file {file} of batch {batch} was not offered"),
+                )
             })?;
-            let staged = tokio::task::block_in_place(|| self.shared.repository.stage(offered.key.clone()))
-                .map_err(|e| repository_error(&e))?;
+            let staged =
+                tokio::task::block_in_place(|| self.shared.repository.stage(offered.key.clone()))
+                    .map_err(|e| repository_error(&e))?;
             self.staged.insert((batch, file), staged);
         }
         self.staged
@@ -302,7 +362,11 @@ impl Session {
             // Not (or no longer) expected: typically the file already failed
             // and the rest of its chunks were in flight. Drop them, but still
             // credit them so the window does not shrink.
-            debug!(batch = chunk.batch, file = chunk.file, "chunk for a settled file dropped");
+            debug!(
+                batch = chunk.batch,
+                file = chunk.file,
+                "chunk for a settled file dropped"
+            );
             self.credit().await;
             return;
         }
@@ -322,28 +386,41 @@ impl Session {
     async fn credit(&mut self) {
         if self.consumed - self.credited >= self.shared.window / 4 {
             self.credited = self.consumed;
-            self.send(Message::Credit(Credit { consumed: self.consumed })).await;
+            self.send(Message::Credit(Credit {
+                consumed: self.consumed,
+            }))
+            .await;
         }
     }
 
     /// Ends a file with an error result (once), dropping what it staged if
     /// the content is suspect.
     async fn fail(&mut self, batch: u64, file: u32, error: ErrorFrame) {
-        let Some(state) = self.batches.get_mut(&batch) else { return };
+        let Some(state) = self.batches.get_mut(&batch) else {
+            return;
+        };
         if !state.waiting.remove(&file) {
             return;
         }
-        if let Some(staged) = self.staged.remove(&(batch, file)) {
-            if error.code == ErrorCode::HashMismatch {
-                let _ = self.shared.repository.discard(staged);
-            }
+        let staged = self.staged.remove(&(batch, file));
+        if let Some(staged) = staged.filter(|_| error.code == ErrorCode::HashMismatch) {
+            let _ = self.shared.repository.discard(staged);
         }
         if let Some(offered) = self.offered.remove(&(batch, file)) {
             let journal = self.shared.journal.clone();
-            let (station, path, message) = (self.peer.station.to_string(), offered.key.catalog_path(), error.to_string());
-            tokio::task::spawn_blocking(move || journal.record_failure(&station, &path, &message, now_ms()));
+            let (station, path, message) = (
+                self.peer.station.to_string(),
+                offered.key.catalog_path(),
+                error.to_string(),
+            );
+            tokio::task::spawn_blocking(move || {
+                journal.record_failure(&station, &path, &message, now_ms())
+            });
         }
-        state.results.push(FileResult { id: file, outcome: Outcome::Failed(error) });
+        state.results.push(FileResult {
+            id: file,
+            outcome: Outcome::Failed(error),
+        });
         self.maybe_finish(batch).await;
     }
 
@@ -351,7 +428,11 @@ impl Session {
         if !self.offered.contains_key(&(commit.batch, commit.file)) {
             // Settled already (failed mid-stream) or never offered: the
             // batch's ack carries (or carried) its result.
-            debug!(batch = commit.batch, file = commit.file, "commit for a settled file ignored");
+            debug!(
+                batch = commit.batch,
+                file = commit.file,
+                "commit for a settled file ignored"
+            );
             return;
         }
         let verdict = match self.staged(commit.batch, commit.file) {
@@ -362,10 +443,17 @@ impl Session {
                 if staged.len() != size || commit.size != size {
                     Err(ErrorFrame::new(
                         ErrorCode::HashMismatch,
-                        format!("{} bytes staged, {} committed, {size} offered", staged.len(), commit.size),
+                        format!(
+                            "{} bytes staged, {} committed, {size} offered",
+                            staged.len(),
+                            commit.size
+                        ),
                     ))
                 } else if got != commit.sha256 {
-                    Err(ErrorFrame::new(ErrorCode::HashMismatch, "content does not hash to the committed SHA-256"))
+                    Err(ErrorFrame::new(
+                        ErrorCode::HashMismatch,
+                        "content does not hash to the committed SHA-256",
+                    ))
                 } else {
                     Ok(())
                 }
@@ -377,7 +465,9 @@ impl Session {
                 self.fail(commit.batch, commit.file, error).await;
             }
             Ok(()) => {
-                let Some(batch) = self.batches.get_mut(&commit.batch) else { return };
+                let Some(batch) = self.batches.get_mut(&commit.batch) else {
+                    return;
+                };
                 if !batch.waiting.remove(&commit.file) {
                     return;
                 }
@@ -396,12 +486,15 @@ impl Session {
             Some(batch) if batch.waiting.is_empty() => {}
             _ => return,
         }
-        let Some(mut batch) = self.batches.remove(&batch_id) else { return };
+        let Some(mut batch) = self.batches.remove(&batch_id) else {
+            return;
+        };
         let committed = std::mem::take(&mut batch.committed);
         let files = committed.len();
         let shared = self.shared.clone();
         let transfer = format!("{:016x}/{batch_id}", self.session);
-        let placed = tokio::task::spawn_blocking(move || place_batch(&shared, committed, &transfer)).await;
+        let placed =
+            tokio::task::spawn_blocking(move || place_batch(&shared, committed, &transfer)).await;
         match placed {
             Ok(results) => batch.results.extend(results),
             Err(e) => warn!(error = %e, "placing a batch failed"),
@@ -410,30 +503,40 @@ impl Session {
             wake.notify_one();
         }
         batch.results.sort_by_key(|r| r.id);
-        let stored = batch.results.iter().filter(|r| matches!(r.outcome, Outcome::Stored { .. })).count();
+        let stored = batch
+            .results
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Stored { .. }))
+            .count();
         info!(batch = batch_id, files, stored, "batch acknowledged");
-        self.send(Message::Ack(Ack { batch: batch_id, results: batch.results })).await;
+        self.send(Message::Ack(Ack {
+            batch: batch_id,
+            results: batch.results,
+        }))
+        .await;
     }
 
     async fn status(&self) {
         let journal = self.shared.journal.clone();
         let station = self.peer.station.to_string();
         let stats = tokio::task::spawn_blocking(move || {
-            let failures = journal.failures(&station, now_ms() - 86_400_000, 100_000)?.len() as u64;
+            let failures = journal
+                .failures(&station, now_ms() - 86_400_000, 100_000)?
+                .len() as u64;
             journal.station_stats(&station).map(|s| (s, failures))
         })
         .await;
-        let ((files, bytes, last_backup, pending), errors) = match stats {
+        let (stats, errors) = match stats {
             Ok(Ok(stats)) => stats,
-            _ => ((0, 0, None, (0, 0)), 0),
+            _ => (Default::default(), 0),
         };
         self.send(Message::StatusReply(StatusReply {
             station: self.peer.station.clone(),
-            files,
-            bytes,
-            pending,
+            files: stats.files,
+            bytes: stats.bytes,
+            pending: (stats.pending_primary, stats.pending_backup),
             errors,
-            last_backup: last_backup.map(|ms| ms / 1000),
+            last_backup: stats.last_stored_ms.map(|ms| ms / 1000),
         }))
         .await;
     }
@@ -442,7 +545,11 @@ impl Session {
 /// Fsyncs and places each committed file, journals the records of the batch
 /// in one transaction, and returns each file's result. A file whose record
 /// is not in the journal is never reported stored.
-fn place_batch(shared: &Shared, committed: Vec<(u32, Staged, Sha256)>, transfer: &str) -> Vec<FileResult> {
+fn place_batch(
+    shared: &Shared,
+    committed: Vec<(u32, Staged, Sha256)>,
+    transfer: &str,
+) -> Vec<FileResult> {
     let repository = &shared.repository;
     let journal = &shared.journal;
     let now = now_ms();
@@ -452,12 +559,17 @@ fn place_batch(shared: &Shared, committed: Vec<(u32, Staged, Sha256)>, transfer:
     for (id, staged, sha256) in committed {
         let catalog_path = staged.key.catalog_path();
         let station = staged.key.station.to_string();
-        let placed = staged
-            .sync()
-            .and_then(|()| repository.place(&staged, &sha256, |name| journal.content_of(name).ok().flatten()));
+        let placed = staged.sync().and_then(|()| {
+            repository.place(&staged, &sha256, |name| {
+                journal.content_of(name).ok().flatten()
+            })
+        });
         match placed {
             Ok(Placement::Stored { stored_as }) | Ok(Placement::AlreadyThere { stored_as }) => {
-                let known = journal.lookup(&station, &catalog_path, &sha256).ok().flatten();
+                let known = journal
+                    .lookup(&station, &catalog_path, &sha256)
+                    .ok()
+                    .flatten();
                 if known.is_none() {
                     records.push((
                         id,
@@ -472,16 +584,25 @@ fn place_batch(shared: &Shared, committed: Vec<(u32, Staged, Sha256)>, transfer:
                             transfer: transfer.to_owned(),
                         },
                     ));
-                    results.push(FileResult { id, outcome: Outcome::Stored { sha256, stored_as } });
+                    results.push(FileResult {
+                        id,
+                        outcome: Outcome::Stored { sha256, stored_as },
+                    });
                 } else {
-                    results.push(FileResult { id, outcome: Outcome::AlreadyStored { sha256, stored_as } });
+                    results.push(FileResult {
+                        id,
+                        outcome: Outcome::AlreadyStored { sha256, stored_as },
+                    });
                 }
                 done.push(staged);
             }
             Err(e) => {
                 warn!(path = %catalog_path, error = %e, "storing failed");
                 let _ = journal.record_failure(&station, &catalog_path, &e.to_string(), now);
-                results.push(FileResult { id, outcome: Outcome::Failed(repository_error(&e)) });
+                results.push(FileResult {
+                    id,
+                    outcome: Outcome::Failed(repository_error(&e)),
+                });
             }
         }
     }
@@ -492,8 +613,13 @@ fn place_batch(shared: &Shared, committed: Vec<(u32, Staged, Sha256)>, transfer:
             let failed: HashSet<u32> = records.iter().map(|(id, _)| *id).collect();
             for result in &mut results {
                 if failed.contains(&result.id) {
-                    let code = if e.is_disk_full() { ErrorCode::DiskFull } else { ErrorCode::Internal };
-                    result.outcome = Outcome::Failed(ErrorFrame::new(code, format!("journal: {e}")));
+                    let code = if e.is_disk_full() {
+                        ErrorCode::DiskFull
+                    } else {
+                        ErrorCode::Internal
+                    };
+                    result.outcome =
+                        Outcome::Failed(ErrorFrame::new(code, format!("journal: {e}")));
                 }
             }
             // Staging files stay: the retry resumes at their full length.
@@ -520,7 +646,8 @@ fn repository_error(e: &repository::RepositoryError) -> ErrorFrame {
         ErrorFrame::new(ErrorCode::DiskFull, e.to_string())
     } else {
         match e {
-            repository::RepositoryError::OutOfOrder { .. } | repository::RepositoryError::Oversize { .. } => {
+            repository::RepositoryError::OutOfOrder { .. }
+            | repository::RepositoryError::Oversize { .. } => {
                 ErrorFrame::new(ErrorCode::UnexpectedMessage, e.to_string())
             }
             _ => ErrorFrame::new(ErrorCode::Internal, e.to_string()),

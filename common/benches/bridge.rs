@@ -577,7 +577,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn size_name(bytes: usize) -> String {
-    if bytes % MIB == 0 {
+    if bytes.is_multiple_of(MIB) {
         format!("{} MiB", bytes / MIB)
     } else {
         format!("{} KiB", bytes >> 10)

@@ -2,6 +2,7 @@
 //! and a TCP proxy that can stall, all on loopback in temp dirs.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod collector;
 pub mod pki;
 pub mod process;

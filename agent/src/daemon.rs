@@ -1,0 +1,692 @@
+//! The agent daemon: a watcher task that turns finished files into ledger
+//! entries, and a sender task that ships the due set to the collector in
+//! batches, holding `HALT_FLAG` while it owns `DUE_BACKUP` or transfers.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use ferry_common::backoff::Backoff;
+use ferry_common::link::{ClientLink, ClientLinkConfig};
+use ferry_common::protocol::Outcome;
+use ferry_common::station::StationId;
+use ferry_common::tls::{self, TlsMaterial};
+use tokio::sync::{Notify, mpsc};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::{AfterAck, Root, Settings};
+use crate::due_list;
+use crate::halt_flag::{self, HaltFlag, Held, Raise};
+use crate::ledger::{Acked, DueFile, Ledger, Observation, Observed};
+use crate::sender::{self, Flow, OutgoingFile};
+use crate::status::{self, LinkState};
+use crate::watch::{self as files, Change, Seen, Settler};
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
+    #[error("station certificate {path}: {reason}")]
+    Station { path: PathBuf, reason: String },
+    #[error("cannot create {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The station id: from the config if given, else from the certificate;
+/// both must agree.
+pub fn station_id(settings: &Settings) -> Result<StationId, StartError> {
+    let err = |reason: String| StartError::Station {
+        path: settings.tls.cert.clone(),
+        reason,
+    };
+    let pem = std::fs::read_to_string(&settings.tls.cert).map_err(|e| err(e.to_string()))?;
+    let info = ferry_common::pki::inspect_pem(&pem).map_err(|e| err(e.to_string()))?;
+    let from_cert = info
+        .station
+        .ok_or_else(|| err("is not a station certificate".into()))?;
+    match &settings.station {
+        Some(configured) if configured != &from_cert => Err(err(format!(
+            "is for station {from_cert}, the config says {configured}"
+        ))),
+        _ => Ok(from_cert),
+    }
+}
+
+type Shared = Arc<Mutex<Ledger>>;
+
+fn lock(ledger: &Shared) -> MutexGuard<'_, Ledger> {
+    ledger.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs the agent until `shutdown` turns true.
+pub async fn run(
+    settings: Settings,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), StartError> {
+    let station = station_id(&settings)?;
+    std::fs::create_dir_all(&settings.state_dir).map_err(|source| StartError::StateDir {
+        path: settings.state_dir.clone(),
+        source,
+    })?;
+    let material =
+        TlsMaterial::from_files(&settings.tls.ca, &settings.tls.cert, &settings.tls.key)?;
+    let link_config = ClientLinkConfig {
+        station: station.clone(),
+        endpoints: settings.collectors.clone(),
+        tls: tls::client_config(&material)?,
+        runtime_dir: settings.state_dir.join("run"),
+        connect_timeout: Duration::from_secs(10),
+        heartbeat: Duration::from_secs(5),
+        software: format!("ferry-agent {}", env!("CARGO_PKG_VERSION")),
+    };
+    let ledger = Arc::new(Mutex::new(Ledger::open(&settings.ledger)?));
+    import_legacy(&settings, &ledger);
+    let due_changed = Arc::new(Notify::new());
+    let settings = Arc::new(settings);
+    let span = info_span!("agent", %station);
+    info!(parent: &span, roots = settings.roots.len(), "agent running");
+    let watcher = tokio::spawn(
+        watch_roots(
+            settings.clone(),
+            ledger.clone(),
+            due_changed.clone(),
+            shutdown.clone(),
+        )
+        .instrument(span.clone()),
+    );
+    let sender = tokio::spawn(
+        send_due(
+            settings.clone(),
+            ledger.clone(),
+            due_changed,
+            link_config,
+            shutdown.clone(),
+        )
+        .instrument(span.clone()),
+    );
+    let _ = shutdown.wait_for(|stop| *stop).await;
+    let _ = watcher.await;
+    let _ = sender.await;
+    info!(parent: &span, "agent stopped");
+    Ok(())
+}
+
+/// Imports an indexerD `DUE_BACKUP` once, on the first start.
+fn import_legacy(settings: &Settings, ledger: &Shared) {
+    let mut ledger = lock(ledger);
+    if matches!(ledger.marker("legacy-import"), Ok(Some(_))) {
+        return;
+    }
+    let now = SystemTime::now();
+    match due_list::import_due_backup(&settings.legacy.due_backup) {
+        Ok(Some(import)) => {
+            let mut observations = Vec::new();
+            let mut outside = 0usize;
+            for path in &import.paths {
+                match settings
+                    .roots
+                    .iter()
+                    .find(|r| path.starts_with(&r.path))
+                    .and_then(|r| files::stat(r, path))
+                {
+                    Some(seen) => observations.push(observation(&seen)),
+                    None => outside += 1,
+                }
+            }
+            if let Err(error) = ledger.observe_many(&observations, now) {
+                warn!(%error, "importing DUE_BACKUP failed; will retry at next start");
+                return;
+            }
+            info!(
+                imported = observations.len(),
+                skipped = outside,
+                refused = import.refused_count,
+                path = %settings.legacy.due_backup.display(),
+                "imported indexerD DUE_BACKUP (skipped: missing, unwanted or outside every root)"
+            );
+        }
+        Ok(None) => {}
+        Err(error) => {
+            warn!(%error, "cannot import DUE_BACKUP; will retry at next start");
+            return;
+        }
+    }
+    let _ = ledger.set_marker("legacy-import", now);
+}
+
+fn observation(seen: &Seen) -> Observation {
+    Observation {
+        root: seen.root.clone(),
+        rel_path: seen.rel_path.clone(),
+        identity: seen.identity,
+    }
+}
+
+/// Whether `seen` may be entered as due now (old enough, large enough).
+fn eligible(settings: &Settings, seen: &Seen, now: SystemTime) -> bool {
+    seen.identity.size >= settings.min_size
+        && now.duration_since(seen.mtime).unwrap_or_default() >= settings.min_age
+}
+
+fn root_of<'a>(roots: &'a [Root], path: &Path) -> Option<&'a Root> {
+    roots.iter().find(|r| path.starts_with(&r.path))
+}
+
+/// Enters finished files into the ledger; wakes the sender when the due set
+/// grew.
+fn enter(
+    settings: &Settings,
+    ledger: &Shared,
+    ready: Vec<Seen>,
+    settler: &mut Settler,
+    due_changed: &Notify,
+) {
+    let now = SystemTime::now();
+    let mut observations = Vec::new();
+    for seen in ready {
+        if seen.identity.size < settings.min_size {
+            continue;
+        }
+        if eligible(settings, &seen, now) {
+            observations.push(observation(&seen));
+        } else {
+            settler.note(seen, now);
+        }
+    }
+    if observations.is_empty() {
+        return;
+    }
+    let result = tokio::task::block_in_place(|| lock(ledger).observe_many(&observations, now));
+    match result {
+        Ok(observed) => {
+            if observed.iter().any(|o| !matches!(o, Observed::Unchanged)) {
+                due_changed.notify_one();
+            }
+        }
+        Err(error) => warn!(%error, "ledger update failed"),
+    }
+}
+
+/// A full scan of every root (or only the named ones).
+fn rescan(
+    settings: &Settings,
+    ledger: &Shared,
+    only: Option<&[String]>,
+    settler: &mut Settler,
+    due_changed: &Notify,
+) {
+    let now = SystemTime::now();
+    for root in &settings.roots {
+        if only.is_some_and(|names| !names.contains(&root.name)) {
+            continue;
+        }
+        let started = SystemTime::now();
+        let seen = match tokio::task::block_in_place(|| files::scan(root)) {
+            Ok(seen) => seen,
+            Err(error) => {
+                warn!(root = %root.name, %error, "root not scanned");
+                continue;
+            }
+        };
+        let (settled, young): (Vec<Seen>, Vec<Seen>) = seen
+            .into_iter()
+            .partition(|s| now.duration_since(s.mtime).unwrap_or_default() >= settings.settle);
+        for s in young {
+            settler.note(s, now);
+        }
+        enter(settings, ledger, settled, settler, due_changed);
+        match tokio::task::block_in_place(|| lock(ledger).sweep(&root.name, started)) {
+            Ok(vanished) => {
+                for v in vanished {
+                    warn!(root = %v.root, path = %v.rel_path.display(), "file vanished before it was backed up");
+                }
+            }
+            Err(error) => warn!(%error, "ledger sweep failed"),
+        }
+    }
+}
+
+async fn watch_roots(
+    settings: Arc<Settings>,
+    ledger: Shared,
+    due_changed: Arc<Notify>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let (_watcher, fallback) = files::watch(&settings.roots, tx);
+    let mut settler = Settler::default();
+    rescan(&settings, &ledger, None, &mut settler, &due_changed);
+    let settle_tick =
+        (settings.settle / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut settle = tokio::time::interval(settle_tick);
+    let mut full = tokio::time::interval(settings.rescan_interval);
+    full.tick().await;
+    // Poll-mode roots (configured, or fallen back from inotify) are rescanned
+    // at their interval; the settle rule finds their finished files.
+    let polled: Vec<String> = settings
+        .roots
+        .iter()
+        .filter(|r| r.poll.is_some() || fallback.contains(&r.name))
+        .map(|r| r.name.clone())
+        .collect();
+    let poll_every = settings
+        .roots
+        .iter()
+        .filter(|r| polled.contains(&r.name))
+        .filter_map(|r| r.poll)
+        .min()
+        .unwrap_or(Duration::from_secs(30));
+    let mut poll = tokio::time::interval(poll_every);
+    poll.tick().await;
+    loop {
+        tokio::select! {
+            change = events.recv() => {
+                let Some(change) = change else { break };
+                handle(&settings, &ledger, change, &mut settler, &due_changed);
+            }
+            _ = settle.tick() => {
+                if !settler.is_empty() {
+                    let ready = tokio::task::block_in_place(|| settler.ripe(&settings.roots, settings.settle, SystemTime::now()));
+                    enter(&settings, &ledger, ready, &mut settler, &due_changed);
+                }
+            }
+            _ = full.tick() => rescan(&settings, &ledger, None, &mut settler, &due_changed),
+            _ = poll.tick(), if !polled.is_empty() => rescan(&settings, &ledger, Some(&polled), &mut settler, &due_changed),
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+    }
+}
+
+fn handle(
+    settings: &Settings,
+    ledger: &Shared,
+    change: Change,
+    settler: &mut Settler,
+    due_changed: &Notify,
+) {
+    match change {
+        Change::Rescan => {
+            info!("event queue overflowed or a directory appeared; rescanning");
+            rescan(settings, ledger, None, settler, due_changed);
+        }
+        Change::Finished(path) => {
+            let Some(root) = root_of(&settings.roots, &path) else {
+                return;
+            };
+            match files::stat(root, &path) {
+                Some(seen) => {
+                    settler.forget(&path);
+                    enter(settings, ledger, vec![seen], settler, due_changed);
+                }
+                None if path.is_dir() => rescan(
+                    settings,
+                    ledger,
+                    Some(std::slice::from_ref(&root.name)),
+                    settler,
+                    due_changed,
+                ),
+                None => {}
+            }
+        }
+        Change::Touched(path) => {
+            let Some(root) = root_of(&settings.roots, &path) else {
+                return;
+            };
+            if let Some(seen) = files::stat(root, &path) {
+                settler.note(seen, SystemTime::now());
+            }
+        }
+        Change::Gone(path) => {
+            settler.forget(&path);
+            let Some(root) = root_of(&settings.roots, &path) else {
+                return;
+            };
+            let Ok(rel) = path.strip_prefix(&root.path) else {
+                return;
+            };
+            match tokio::task::block_in_place(|| lock(ledger).vanished(&root.name, rel)) {
+                Ok(Some(v)) => {
+                    warn!(root = %v.root, path = %v.rel_path.display(), "file vanished before it was backed up");
+                    due_changed.notify_one();
+                }
+                Ok(None) => {}
+                Err(error) => warn!(%error, "ledger update failed"),
+            }
+        }
+    }
+}
+
+/// Delay before a failed file is offered again: doubling from 5 s to 1 h,
+/// or 6 h for errors a retry cannot fix soon.
+fn retry_after(attempts: u32, retryable: bool) -> Duration {
+    if !retryable {
+        return Duration::from_secs(6 * 3600);
+    }
+    let secs = 5u64.saturating_mul(1 << attempts.min(10));
+    Duration::from_secs(secs.min(3600))
+}
+
+async fn send_due(
+    settings: Arc<Settings>,
+    ledger: Shared,
+    due_changed: Arc<Notify>,
+    link_config: ClientLinkConfig,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let flag = HaltFlag::new(&settings.legacy.halt_flag, settings.legacy.halt_timeout);
+    let roots = settings.root_dirs();
+    let state_path = status::state_path(&settings.state_dir);
+    let mut held: Option<Held> = None;
+    let mut link: Option<ClientLink> = None;
+    let mut flow = Flow::default();
+    let mut batch_no = 0u64;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+    let mut dirty = true;
+    let mut busy_logged = false;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let now = SystemTime::now();
+        let due = match tokio::task::block_in_place(|| {
+            lock(&ledger).due(settings.batch.max_files, now)
+        }) {
+            Ok(due) => due,
+            Err(error) => {
+                warn!(%error, "ledger unreadable");
+                Vec::new()
+            }
+        };
+        if due.is_empty() && !dirty {
+            if let Some(h) = held.take() {
+                let _ = h.lower();
+            }
+            tokio::select! {
+                () = due_changed.notified() => { dirty = true; }
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+            continue;
+        }
+        // Own DUE_BACKUP (and the transfer) by holding HALT_FLAG.
+        if held.is_none() {
+            match tokio::task::block_in_place(|| flag.raise("ferry-agent backup", now)) {
+                Ok(Raise::Raised(h)) | Ok(Raise::TookOver { held: h, .. }) => {
+                    held = Some(h);
+                    busy_logged = false;
+                }
+                Ok(Raise::Busy(holder)) => {
+                    if !busy_logged {
+                        info!(%holder, "HALT_FLAG held by someone else; waiting");
+                        busy_logged = true;
+                    }
+                    status::write(
+                        &state_path,
+                        &LinkState {
+                            halted_by: Some(holder.to_string()),
+                            ..status::read(&state_path)
+                        },
+                    );
+                    let wait = halt_flag::retry_delay(settings.legacy.halt_retry_max);
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = shutdown.wait_for(|stop| *stop) => break,
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    warn!(%error, "cannot raise HALT_FLAG");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = shutdown.wait_for(|stop| *stop) => break,
+                    }
+                    continue;
+                }
+            }
+        }
+        if let Some(h) = &held {
+            let _ = h.refresh(now);
+        }
+        if dirty {
+            write_due_list(&settings, &ledger, &roots);
+            dirty = false;
+        }
+        if due.is_empty() {
+            continue;
+        }
+        if link.is_none() {
+            // Not owning anything while the collector is away.
+            if let Some(h) = held.take() {
+                let _ = h.lower();
+            }
+            let mut state = status::read(&state_path);
+            state.halted_by = None;
+            state.connected = false;
+            status::write(&state_path, &state);
+            match ClientLink::connect_with_backoff(&link_config, &mut backoff, &mut shutdown).await
+            {
+                Some(l) => {
+                    info!(collector = %l.addr, "connected");
+                    state.connected = true;
+                    state.collector = Some(l.addr.clone());
+                    state.last_error = None;
+                    status::write(&state_path, &state);
+                    link = Some(l);
+                    flow = Flow::default();
+                }
+                None => break,
+            }
+            continue;
+        }
+        // Linger a little for a fuller batch.
+        let youngest = due.iter().map(|d| d.due_since).max().unwrap_or(now);
+        if due.len() < settings.batch.max_files
+            && now.duration_since(youngest).unwrap_or_default() < settings.batch.linger
+        {
+            tokio::select! {
+                () = tokio::time::sleep(settings.batch.linger) => {}
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+        }
+        let due = match tokio::task::block_in_place(|| {
+            lock(&ledger).due(settings.batch.max_files, SystemTime::now())
+        }) {
+            Ok(due) => due,
+            Err(_) => continue,
+        };
+        let mut bytes = 0u64;
+        let batch: Vec<DueFile> = due
+            .into_iter()
+            .enumerate()
+            .take_while(|(i, d)| {
+                bytes += d.identity.size;
+                *i == 0 || bytes <= settings.batch.max_bytes
+            })
+            .map(|(_, d)| d)
+            .collect();
+        if batch.is_empty() {
+            continue;
+        }
+        let Some(current) = link.as_mut() else {
+            continue;
+        };
+        let keys: Vec<_> = batch.iter().map(|d| d.key).collect();
+        let _ = tokio::task::block_in_place(|| lock(&ledger).mark_sending(&keys));
+        let files: Vec<OutgoingFile> = batch
+            .iter()
+            .map(|d| OutgoingFile {
+                root: d.root.clone(),
+                rel_path: d.rel_path.to_string_lossy().into_owned(),
+                abs_path: roots
+                    .get(&d.root)
+                    .map(|r| r.join(&d.rel_path))
+                    .unwrap_or_default(),
+                size: d.identity.size,
+                mtime_ns: d.identity.mtime_ns,
+                sha256: None,
+            })
+            .collect();
+        batch_no += 1;
+        let span = info_span!("batch", batch = batch_no, files = files.len());
+        let result = sender::send_batch(current, &mut flow, batch_no, &files)
+            .instrument(span.clone())
+            .await;
+        match result {
+            Ok(reports) => {
+                backoff.reset();
+                settle_batch(&settings, &ledger, &batch, &files, reports, &state_path);
+                dirty = true;
+            }
+            Err(error) => {
+                let _ = tokio::task::block_in_place(|| lock(&ledger).unmark_sending(&keys));
+                warn!(parent: &span, %error, "batch failed; reconnecting");
+                let mut state = status::read(&state_path);
+                state.connected = false;
+                state.last_error = Some(error.to_string());
+                status::write(&state_path, &state);
+                link = None;
+            }
+        }
+    }
+    if let Some(h) = held.take() {
+        let _ = h.lower();
+    }
+    let mut state = status::read(&state_path);
+    state.connected = false;
+    status::write(&state_path, &state);
+}
+
+fn write_due_list(
+    settings: &Settings,
+    ledger: &Shared,
+    roots: &std::collections::BTreeMap<String, PathBuf>,
+) {
+    let paths = match tokio::task::block_in_place(|| lock(ledger).due_paths(roots)) {
+        Ok(paths) => paths,
+        Err(error) => {
+            warn!(%error, "ledger unreadable; DUE_BACKUP not rewritten");
+            return;
+        }
+    };
+    match tokio::task::block_in_place(|| {
+        due_list::write_due_backup(&settings.legacy.due_backup, paths)
+    }) {
+        Ok(written) => {
+            for path in written.unrepresentable {
+                warn!(path = ?path, "name contains a newline: left out of DUE_BACKUP (still sent)");
+            }
+        }
+        Err(error) => warn!(%error, "cannot write DUE_BACKUP"),
+    }
+}
+
+/// Records a batch's results: acks in the ledger and `BACKUP_DONE`, the
+/// post-ack action, failures with their retry time.
+fn settle_batch(
+    settings: &Settings,
+    ledger: &Shared,
+    batch: &[DueFile],
+    files: &[OutgoingFile],
+    reports: Vec<sender::FileReport>,
+    state_path: &Path,
+) {
+    let now = SystemTime::now();
+    let mut acks = Vec::new();
+    let mut failed = 0usize;
+    for report in &reports {
+        let Some(due) = batch.get(report.index) else {
+            continue;
+        };
+        match &report.outcome {
+            Outcome::Stored { sha256, .. } | Outcome::AlreadyStored { sha256, .. } => {
+                acks.push(Acked {
+                    key: due.key,
+                    sha256: *sha256,
+                });
+            }
+            Outcome::Failed(error) => {
+                failed += 1;
+                let retry = now + retry_after(due.attempts, error.retryable());
+                warn!(root = %due.root, path = %due.rel_path.display(), %error, "file not stored; will retry");
+                let _ = tokio::task::block_in_place(|| {
+                    lock(ledger).mark_failed(due.key, &error.to_string(), now, retry)
+                });
+            }
+        }
+    }
+    let acked = match tokio::task::block_in_place(|| lock(ledger).mark_acked(&acks, now)) {
+        Ok(acked) => acked,
+        Err(error) => {
+            warn!(%error, "cannot record acks; the files will be offered again");
+            return;
+        }
+    };
+    let done: Vec<PathBuf> = acked
+        .iter()
+        .filter_map(|a| {
+            files
+                .iter()
+                .find(|f| f.root == a.root && Path::new(&f.rel_path) == a.rel_path)
+        })
+        .map(|f| f.abs_path.clone())
+        .collect();
+    if let Err(error) = due_list::append_backup_done(&settings.legacy.backup_done, &done) {
+        warn!(%error, "cannot append to BACKUP_DONE");
+    }
+    for a in &acked {
+        let Some(f) = files
+            .iter()
+            .find(|f| f.root == a.root && Path::new(&f.rel_path) == a.rel_path)
+        else {
+            continue;
+        };
+        after_ack(settings, f, a.identity.size, a.identity.mtime_ns);
+    }
+    info!(acked = acked.len(), failed, "batch done");
+    let mut state = status::read(state_path);
+    state.last_ack = Some(now);
+    status::write(state_path, &state);
+}
+
+/// Applies the configured post-ack action, only to the very file that was
+/// acknowledged (same size and mtime).
+fn after_ack(settings: &Settings, file: &OutgoingFile, size: u64, mtime_ns: i64) {
+    let unchanged = std::fs::symlink_metadata(&file.abs_path).is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.len() == size && m.mtime() * 1_000_000_000 + m.mtime_nsec() == mtime_ns
+    });
+    match &settings.after_ack {
+        AfterAck::Keep => {}
+        _ if !unchanged => {
+            debug!(path = %file.abs_path.display(), "changed since its ack; left in place")
+        }
+        AfterAck::Delete => {
+            if let Err(error) = std::fs::remove_file(&file.abs_path) {
+                warn!(path = %file.abs_path.display(), %error, "cannot delete after ack");
+            }
+        }
+        AfterAck::Move(dir) => {
+            let target = dir.join(&file.root).join(&file.rel_path);
+            let moved = target
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| {
+                    std::fs::rename(&file.abs_path, &target).or_else(|_| {
+                        // Another filesystem: copy, sync, then remove.
+                        std::fs::copy(&file.abs_path, &target)?;
+                        std::fs::File::open(&target)?.sync_all()?;
+                        std::fs::remove_file(&file.abs_path)
+                    })
+                });
+            if let Err(error) = moved {
+                warn!(path = %file.abs_path.display(), target = %target.display(), %error, "cannot move after ack");
+            }
+        }
+    }
+}
