@@ -374,3 +374,79 @@ async fn streaming_a_3_gib_sparse_file_keeps_agent_memory_bounded() {
     agent.stop().unwrap();
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_file_shows_in_status_and_never_blocks_the_others() {
+    ferry_tests::init_logging();
+    let pki = TestPki::new().unwrap();
+    let mut collector = TestCollector::new(&pki, "").unwrap();
+    let endpoint = collector.start().await.unwrap();
+    let mut agent = TestAgent::new(&pki, "s1", &endpoint, "").unwrap();
+    // The collector refuses backslashes in names (ambiguous over SMB).
+    agent.write("bad\\name.bin", b"refused");
+    for i in 0..5 {
+        agent.write(&format!("good{i}.bin"), b"fine");
+    }
+    agent.start().unwrap();
+    stored(&collector, "s1", 5).await;
+    let bin = ferry_tests::process::binary("ferry-agent").unwrap();
+    let config = agent.config_path.to_string_lossy().into_owned();
+    let json = eventually(WAIT, || {
+        let out =
+            ferry_tests::process::run(&bin, &["status", "--json", "--config", &config]).ok()?;
+        let json = String::from_utf8_lossy(&out.stdout).into_owned();
+        json.contains("path refused").then_some(json)
+    })
+    .await
+    .expect("the refused file never showed in status");
+    assert!(json.contains("\"due_files\":1"), "{json}");
+    assert!(json.contains("bad\\\\name.bin"), "{json}");
+    agent.stop().unwrap();
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_mode_root_is_found_without_inotify_and_an_indexerd_list_is_imported() {
+    ferry_tests::init_logging();
+    let pki = TestPki::new().unwrap();
+    let mut collector = TestCollector::new(&pki, "").unwrap();
+    let endpoint = collector.start().await.unwrap();
+    let mut agent = TestAgent::new(&pki, "s1", &endpoint, "").unwrap();
+    // Rewrite the root as polled every second.
+    let text = std::fs::read_to_string(&agent.config_path).unwrap();
+    let text = text.replace(
+        "exclude = [\"*.tmp\"]\n",
+        "exclude = [\"*.tmp\"]\npoll = true\npoll_interval_secs = 1\n",
+    );
+    std::fs::write(&agent.config_path, text).unwrap();
+    agent.settings = ferry_agent::config::load(&agent.config_path).unwrap();
+    assert!(agent.settings.roots[0].poll.is_some());
+    // An indexerD DUE_BACKUP: a real file, a missing one, junk lines.
+    let listed = agent.write("legacy/listed.bin", b"listed by indexerD");
+    let due = &agent.settings.legacy.due_backup;
+    std::fs::create_dir_all(due.parent().unwrap()).unwrap();
+    std::fs::write(
+        due,
+        format!(
+            "{}\r\n\n/nowhere/missing.bin\nrelative/path.bin\n{}\n",
+            listed.display(),
+            listed.display()
+        ),
+    )
+    .unwrap();
+    agent.start().unwrap();
+    stored(&collector, "s1", 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    agent.write("polled/late.bin", b"appears later");
+    stored(&collector, "s1", 2).await;
+    eventually(WAIT, || agent.due_backup().is_empty().then_some(()))
+        .await
+        .expect("DUE_BACKUP rewritten to the (empty) due set");
+    assert!(
+        agent.log_text().contains("imported indexerD DUE_BACKUP"),
+        "{}",
+        agent.log_text()
+    );
+    agent.stop().unwrap();
+    collector.stop().await;
+}
