@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use crate::config::{CatalogUrl, Settings};
 use crate::journal::Journal;
 use crate::reconcile::{self, Report};
-use crate::store::{CatalogStore, SqliteStore, StationSummary};
+use crate::store::{AnyStore, CatalogStore, StationSummary};
 
 /// Failures of an admin command.
 #[derive(Debug, thiserror::Error)]
@@ -35,10 +35,8 @@ pub struct StationStatus {
     pub last_backup: Option<i64>,
 }
 
-fn store(name: &str, url: &CatalogUrl) -> SqliteStore {
-    match url {
-        CatalogUrl::Sqlite(path) => SqliteStore::new(name, path),
-    }
+fn store(name: &str, url: &CatalogUrl) -> Result<AnyStore, AdminError> {
+    Ok(AnyStore::open(name, url)?)
 }
 
 fn journal(settings: &Settings) -> Result<Journal, AdminError> {
@@ -140,8 +138,8 @@ pub fn json_string(s: &str) -> String {
 
 /// Runs reconcile between the configured catalogs.
 pub async fn reconcile(settings: &Settings, dry_run: bool) -> Result<Report, AdminError> {
-    let primary = store("primary", &settings.primary);
-    let backup = store("backup", &settings.backup);
+    let primary = store("primary", &settings.primary)?;
+    let backup = store("backup", &settings.backup)?;
     Ok(reconcile::reconcile(&primary, &backup, dry_run).await?)
 }
 
@@ -185,8 +183,8 @@ pub fn report_text(report: &Report) -> String {
 /// Runs the journal's and both catalogs' migrations.
 pub async fn migrate(settings: &Settings) -> Result<(), AdminError> {
     journal(settings)?;
-    store("primary", &settings.primary).migrate().await?;
-    store("backup", &settings.backup).migrate().await?;
+    store("primary", &settings.primary)?.migrate().await?;
+    store("backup", &settings.backup)?.migrate().await?;
     Ok(())
 }
 
@@ -200,5 +198,5 @@ pub async fn catalog_summary(
     } else {
         &settings.primary
     };
-    Ok(store(catalog, url).summary().await?)
+    Ok(store(catalog, url)?.summary().await?)
 }

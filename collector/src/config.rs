@@ -97,10 +97,36 @@ fn default_state_dir() -> PathBuf {
 }
 
 /// Where a catalog lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum CatalogUrl {
     /// An SQLite file.
     Sqlite(PathBuf),
+    /// A MySQL/MariaDB database: `mysql://user:pass@host:port/db[?options]`.
+    MySql(String),
+}
+
+impl std::fmt::Debug for CatalogUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CatalogUrl::Sqlite(path) => write!(f, "Sqlite({})", path.display()),
+            // Never print the password.
+            CatalogUrl::MySql(url) => write!(f, "MySql({})", redact(url)),
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// The validated configuration.
@@ -163,13 +189,24 @@ pub fn parse(text: &str, origin: &Path) -> Result<Settings, ConfigError> {
         message,
     };
     let base = origin.parent().unwrap_or(Path::new("."));
-    let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
-    let listen: SocketAddr = raw
-        .listen
-        .parse()
-        .map_err(|e| invalid("listen", format!("{:?} is not an address:port ({e})", raw.listen)))?;
+    let resolve = |p: &Path| {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            base.join(p)
+        }
+    };
+    let listen: SocketAddr = raw.listen.parse().map_err(|e| {
+        invalid(
+            "listen",
+            format!("{:?} is not an address:port ({e})", raw.listen),
+        )
+    })?;
     let state_dir = resolve(&raw.state_dir);
-    let catalog = |key: &'static str, url: Option<String>, default: &str| -> Result<CatalogUrl, ConfigError> {
+    let catalog = |key: &'static str,
+                   url: Option<String>,
+                   default: &str|
+     -> Result<CatalogUrl, ConfigError> {
         let url = url.unwrap_or_else(|| format!("sqlite://{}", state_dir.join(default).display()));
         if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
@@ -178,18 +215,41 @@ pub fn parse(text: &str, origin: &Path) -> Result<Settings, ConfigError> {
             return Ok(CatalogUrl::Sqlite(resolve(Path::new(path))));
         }
         if url.starts_with("mysql://") || url.starts_with("mariadb://") {
-            return Err(invalid(key, "MySQL/MariaDB catalogs are not built yet; use sqlite://".into()));
+            // Checked fully (host, database, options) by the store itself.
+            crate::store::mysql::MySqlStore::new(key, &url)
+                .map_err(|e| invalid(key, e.to_string()))?;
+            return Ok(CatalogUrl::MySql(url));
         }
-        Err(invalid(key, format!("{url:?} is not a catalog URL (sqlite://<path>)")))
+        Err(invalid(
+            key,
+            format!(
+                "{:?} is not a catalog URL (sqlite://<path> or mysql://user:pass@host:port/db)",
+                redact(&url)
+            ),
+        ))
     };
-    let primary = catalog("catalog.primary", raw.catalog.primary, "catalog-primary.sqlite")?;
-    let backup = catalog("catalog.backup", raw.catalog.backup, "catalog-backup.sqlite")?;
+    let primary = catalog(
+        "catalog.primary",
+        raw.catalog.primary,
+        "catalog-primary.sqlite",
+    )?;
+    let backup = catalog(
+        "catalog.backup",
+        raw.catalog.backup,
+        "catalog-backup.sqlite",
+    )?;
     if primary == backup {
-        return Err(invalid("catalog.backup", "must differ from catalog.primary".into()));
+        return Err(invalid(
+            "catalog.backup",
+            "must differ from catalog.primary".into(),
+        ));
     }
     let l = raw.limits;
     if l.max_frame_bytes > MAX_FRAME as u64 || l.max_frame_bytes < 64 * 1024 {
-        return Err(invalid("limits.max_frame_bytes", format!("must be between 65536 and {MAX_FRAME}")));
+        return Err(invalid(
+            "limits.max_frame_bytes",
+            format!("must be between 65536 and {MAX_FRAME}"),
+        ));
     }
     if u64::from(l.max_chunk_bytes) + 4096 > l.max_frame_bytes || l.max_chunk_bytes < 4096 {
         return Err(invalid(
@@ -198,10 +258,16 @@ pub fn parse(text: &str, origin: &Path) -> Result<Settings, ConfigError> {
         ));
     }
     if l.window_bytes < u64::from(l.max_chunk_bytes) {
-        return Err(invalid("limits.window_bytes", "must be at least one chunk".into()));
+        return Err(invalid(
+            "limits.window_bytes",
+            "must be at least one chunk".into(),
+        ));
     }
     if l.heartbeat_secs == 0 || l.handshake_timeout_secs == 0 || l.max_sessions == 0 {
-        return Err(invalid("limits", "heartbeat_secs, handshake_timeout_secs and max_sessions must be positive".into()));
+        return Err(invalid(
+            "limits",
+            "heartbeat_secs, handshake_timeout_secs and max_sessions must be positive".into(),
+        ));
     }
     Ok(Settings {
         listen,
@@ -247,6 +313,21 @@ mod tests {
     }
 
     #[test]
+    fn mysql_urls_are_accepted_and_never_printed_with_their_password() {
+        let text = minimal("[catalog]\nprimary = \"mysql://ferry:s3cret@db1:3306/ferry\"");
+        let s = parse(&text, Path::new("c.toml")).unwrap();
+        assert_eq!(
+            s.primary,
+            CatalogUrl::MySql("mysql://ferry:s3cret@db1:3306/ferry".into())
+        );
+        let shown = format!("{:?}", s.primary);
+        assert!(
+            !shown.contains("s3cret") && shown.contains("ferry:***@db1"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn relative_paths_follow_the_config_file() {
         let s = parse(&minimal(""), Path::new("/srv/ferry/collector.toml")).unwrap();
         assert_eq!(s.repository, Path::new("/srv/ferry/repo"));
@@ -259,10 +340,22 @@ mod tests {
         let cases = [
             (minimal("colour = \"blue\""), "unknown field `colour`"),
             (minimal("").replace("127.0.0.1:7450", "nowhere"), "listen"),
-            (minimal("[catalog]\nprimary = \"postgres://x\""), "catalog.primary"),
-            (minimal("[catalog]\nprimary = \"mysql://u:p@h/db\""), "not built yet"),
-            (minimal("[catalog]\nprimary = \"sqlite://a\"\nbackup = \"sqlite://a\""), "must differ"),
-            (minimal("[limits]\nmax_frame_bytes = 99999999"), "limits.max_frame_bytes"),
+            (
+                minimal("[catalog]\nprimary = \"postgres://x\""),
+                "catalog.primary",
+            ),
+            (
+                minimal("[catalog]\nprimary = \"mysql://u:p@h\""),
+                "catalog.primary",
+            ),
+            (
+                minimal("[catalog]\nprimary = \"sqlite://a\"\nbackup = \"sqlite://a\""),
+                "must differ",
+            ),
+            (
+                minimal("[limits]\nmax_frame_bytes = 99999999"),
+                "limits.max_frame_bytes",
+            ),
             (minimal("[limits]\nwindow_bytes = 1"), "limits.window_bytes"),
             ("listen = \"127.0.0.1:1\"".to_owned(), "missing field"),
         ];

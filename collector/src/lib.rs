@@ -23,10 +23,10 @@ use ferry_common::zmtp::Limits;
 use tokio::sync::{Notify, watch};
 
 use crate::applier::ApplierState;
-use crate::config::{CatalogUrl, Settings};
+use crate::config::Settings;
 use crate::journal::Journal;
 use crate::repository::Repository;
-use crate::store::SqliteStore;
+use crate::store::AnyStore;
 
 /// Names of the two catalogs, as the journal and logs know them.
 pub const CATALOGS: [&str; 2] = ["primary", "backup"];
@@ -42,6 +42,8 @@ pub enum StartError {
     Journal(#[from] journal::JournalError),
     #[error(transparent)]
     Link(#[from] ferry_common::link::LinkError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     #[error("cannot create {path}: {source}")]
     StateDir {
         path: std::path::PathBuf,
@@ -85,7 +87,8 @@ pub async fn start(settings: Settings) -> Result<Collector, StartError> {
         path: state_dir.clone(),
         source,
     })?;
-    let material = TlsMaterial::from_files(&settings.tls_ca, &settings.tls_cert, &settings.tls_key)?;
+    let material =
+        TlsMaterial::from_files(&settings.tls_ca, &settings.tls_cert, &settings.tls_key)?;
     let repository = Repository::open(&settings.repository, &state_dir.join("staging"))?;
     let journal = Journal::open(&state_dir.join("journal.sqlite"))?;
     journal.register(&CATALOGS)?;
@@ -96,15 +99,14 @@ pub async fn start(settings: Settings) -> Result<Collector, StartError> {
     for (name, url) in CATALOGS.iter().zip([&settings.primary, &settings.backup]) {
         let wake = Arc::new(Notify::new());
         let (state_tx, state_rx) = watch::channel(ApplierState::default());
-        let task = match url {
-            CatalogUrl::Sqlite(path) => tokio::spawn(applier::run(
-                SqliteStore::new(name, path),
-                journal.clone(),
-                wake.clone(),
-                state_tx,
-                shutdown.clone(),
-            )),
-        };
+        let store = AnyStore::open(name, url)?;
+        let task = tokio::spawn(applier::run(
+            store,
+            journal.clone(),
+            wake.clone(),
+            state_tx,
+            shutdown.clone(),
+        ));
         tasks.push(task);
         appliers.push(state_rx);
         wakes.push(wake);

@@ -61,7 +61,7 @@ fn main() -> ExitCode {
                 _ => print(HELP),
             },
             other => {
-                eprintln!("ferry-collector: {other}: not built yet");
+                eprintln!("ferry-collector: {other}: unknown command (see --help)");
                 ExitCode::from(2)
             }
         },
@@ -96,7 +96,13 @@ fn parse_admin(command: &str, parser: &mut lexopt::Parser) -> Result<Admin, Stri
             Long("check") if command == "run" => admin.check = true,
             Long("json") if command == "status" => admin.json = true,
             Long("station") if command == "status" => {
-                admin.station = Some(parser.value().map_err(|e| e.to_string())?.to_string_lossy().into_owned());
+                admin.station = Some(
+                    parser
+                        .value()
+                        .map_err(|e| e.to_string())?
+                        .to_string_lossy()
+                        .into_owned(),
+                );
             }
             Long("dry-run") if command == "reconcile" => admin.dry_run = true,
             other => return Err(format!("{command}: {}", other.unexpected())),
@@ -115,8 +121,12 @@ fn run_admin(admin: Admin) -> ExitCode {
         }
     };
     if admin.check {
-        let material = ferry_common::tls::TlsMaterial::from_files(&settings.tls_ca, &settings.tls_cert, &settings.tls_key)
-            .and_then(|m| ferry_common::tls::server_config(&m).map(|_| ()));
+        let material = ferry_common::tls::TlsMaterial::from_files(
+            &settings.tls_ca,
+            &settings.tls_cert,
+            &settings.tls_key,
+        )
+        .and_then(|m| ferry_common::tls::server_config(&m).map(|_| ()));
         return match material {
             Ok(()) => {
                 println!("{}: ok", admin.config.display());
@@ -128,7 +138,10 @@ fn run_admin(admin: Admin) -> ExitCode {
             }
         };
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("ferry-collector: cannot start the runtime: {error}");
@@ -140,7 +153,8 @@ fn run_admin(admin: Admin) -> ExitCode {
             "run" => ferry_collector::run(settings, shutdown_signal()).await?,
             "status" => {
                 let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
-                let rows = ferry_collector::admin::status(&settings, admin.station.as_deref(), now)?;
+                let rows =
+                    ferry_collector::admin::status(&settings, admin.station.as_deref(), now)?;
                 let text = if admin.json {
                     ferry_collector::admin::status_json(&rows)
                 } else {
@@ -174,7 +188,10 @@ fn run_admin(admin: Admin) -> ExitCode {
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers, run until killed.
         return std::future::pending().await;
     };

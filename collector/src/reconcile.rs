@@ -162,8 +162,14 @@ mod tests {
         let backup = SqliteStore::new("backup", &dir.path().join("b.sqlite"));
         primary.migrate().await.unwrap();
         backup.migrate().await.unwrap();
-        primary.apply(vec![(1, record("s1", "a", 1)), (2, record("s1", "b", 2))]).await.unwrap();
-        backup.apply(vec![(1, record("s1", "a", 1)), (3, record("s2", "c", 3))]).await.unwrap();
+        primary
+            .apply(vec![(1, record("s1", "a", 1)), (2, record("s1", "b", 2))])
+            .await
+            .unwrap();
+        backup
+            .apply(vec![(1, record("s1", "a", 1)), (3, record("s2", "c", 3))])
+            .await
+            .unwrap();
 
         let dry = reconcile(&primary, &backup, true).await.unwrap();
         assert!(!dry.identical());
@@ -173,7 +179,12 @@ mod tests {
         assert_eq!((report.repaired_primary, report.repaired_backup), (1, 1));
         assert!(report.identical(), "{report:#?}");
         assert_eq!(primary.rows().await.unwrap(), backup.rows().await.unwrap());
-        assert!(reconcile(&primary, &backup, false).await.unwrap().identical());
+        assert!(
+            reconcile(&primary, &backup, false)
+                .await
+                .unwrap()
+                .identical()
+        );
     }
 
     #[tokio::test]
@@ -183,7 +194,10 @@ mod tests {
         let backup = SqliteStore::new("backup", &dir.path().join("b.sqlite"));
         primary.migrate().await.unwrap();
         backup.migrate().await.unwrap();
-        primary.apply(vec![(1, record("s1", "a", 1))]).await.unwrap();
+        primary
+            .apply(vec![(1, record("s1", "a", 1))])
+            .await
+            .unwrap();
         let mut odd = record("s1", "a", 1);
         odd.size = 99;
         backup.apply(vec![(1, odd)]).await.unwrap();

@@ -117,7 +117,10 @@ impl RepositoryError {
     }
 }
 
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RepositoryError + 'a {
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> RepositoryError + 'a {
     move |source| RepositoryError::Io {
         action,
         path: path.to_owned(),
@@ -474,7 +477,12 @@ mod tests {
             let err = check_path(path).unwrap_err().to_string();
             assert!(err.contains(what), "{path:?}: {err}");
         }
-        for path in ["a", "2022/03/rfeye002073_220307_T175758.bin", "ünï cödé/..x/x..", "line\nbreak"] {
+        for path in [
+            "a",
+            "2022/03/rfeye002073_220307_T175758.bin",
+            "ünï cödé/..x/x..",
+            "line\nbreak",
+        ] {
             assert_eq!(check_path(path), Ok(path));
         }
         assert!(check_root("..").is_err());
@@ -494,15 +502,29 @@ mod tests {
 
         let mut staged = repo.stage(k.clone()).unwrap();
         assert_eq!(staged.len(), 10);
-        assert!(matches!(staged.write(0, &data[..5]), Err(RepositoryError::OutOfOrder { expected: 10, .. })));
+        assert!(matches!(
+            staged.write(0, &data[..5]),
+            Err(RepositoryError::OutOfOrder { expected: 10, .. })
+        ));
         staged.write(10, &data[10..]).unwrap();
-        assert!(matches!(staged.write(data.len() as u64, b"x"), Err(RepositoryError::Oversize { .. })));
+        assert!(matches!(
+            staged.write(data.len() as u64, b"x"),
+            Err(RepositoryError::Oversize { .. })
+        ));
         assert_eq!(staged.sha256(), sha(&data));
         staged.sync().unwrap();
         let placed = repo.place(&staged, &sha(&data), |_| None).unwrap();
-        assert_eq!(placed, Placement::Stored { stored_as: "s1/spectrum/2022/a.bin".into() });
+        assert_eq!(
+            placed,
+            Placement::Stored {
+                stored_as: "s1/spectrum/2022/a.bin".into()
+            }
+        );
         repo.discard(staged).unwrap();
-        assert_eq!(std::fs::read(dir.path().join("repo/s1/spectrum/2022/a.bin")).unwrap(), data);
+        assert_eq!(
+            std::fs::read(dir.path().join("repo/s1/spectrum/2022/a.bin")).unwrap(),
+            data
+        );
         assert_eq!(repo.staged_len(&k), 0);
     }
 
@@ -519,14 +541,32 @@ mod tests {
             repo.discard(staged).unwrap();
             placed
         };
-        assert_eq!(place(b"first", 1), Placement::Stored { stored_as: "s1/spectrum/log.csv".into() });
+        assert_eq!(
+            place(b"first", 1),
+            Placement::Stored {
+                stored_as: "s1/spectrum/log.csv".into()
+            }
+        );
         let second = place(b"second", 2);
         let tag = &hex(&sha(b"second"))[..12];
-        assert_eq!(second, Placement::Stored { stored_as: format!("s1/spectrum/log.{tag}.csv") });
+        assert_eq!(
+            second,
+            Placement::Stored {
+                stored_as: format!("s1/spectrum/log.{tag}.csv")
+            }
+        );
         // The same content again is recognised, not stored a third time.
-        assert_eq!(place(b"first", 3), Placement::AlreadyThere { stored_as: "s1/spectrum/log.csv".into() });
+        assert_eq!(
+            place(b"first", 3),
+            Placement::AlreadyThere {
+                stored_as: "s1/spectrum/log.csv".into()
+            }
+        );
         assert_eq!(place(b"second", 4), second.clone().into_already());
-        assert_eq!(std::fs::read(dir.path().join("repo/s1/spectrum/log.csv")).unwrap(), b"first");
+        assert_eq!(
+            std::fs::read(dir.path().join("repo/s1/spectrum/log.csv")).unwrap(),
+            b"first"
+        );
     }
 
     impl Placement {

@@ -13,6 +13,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::journal::Record;
 
+pub mod mysql;
+
 /// A row of the `files` table, as compared by `reconcile`.
 pub type CatalogRow = Record;
 
@@ -50,13 +52,79 @@ pub trait CatalogStore: Send + Sync + 'static {
     fn position(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Applies `records` (journal order) and moves the position to the last
     /// one, in one transaction. Rows already present are left as they are.
-    fn apply(&self, records: Vec<(u64, Record)>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn apply(
+        &self,
+        records: Vec<(u64, Record)>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Every file row, ordered by station, path, hash.
     fn rows(&self) -> impl Future<Output = Result<Vec<CatalogRow>, StoreError>> + Send;
     /// Inserts rows that are missing (repair); returns how many were new.
-    fn insert_rows(&self, rows: Vec<CatalogRow>) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn insert_rows(
+        &self,
+        rows: Vec<CatalogRow>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Per-station totals.
     fn summary(&self) -> impl Future<Output = Result<Vec<StationSummary>, StoreError>> + Send;
+}
+
+/// Either kind of store, chosen by the catalog URL.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    Sqlite(SqliteStore),
+    MySql(mysql::MySqlStore),
+}
+
+impl AnyStore {
+    /// The store a catalog URL names.
+    pub fn open(name: &str, url: &crate::config::CatalogUrl) -> Result<Self, StoreError> {
+        Ok(match url {
+            crate::config::CatalogUrl::Sqlite(path) => {
+                AnyStore::Sqlite(SqliteStore::new(name, path))
+            }
+            crate::config::CatalogUrl::MySql(url) => {
+                AnyStore::MySql(mysql::MySqlStore::new(name, url)?)
+            }
+        })
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            AnyStore::Sqlite($store) => $call,
+            AnyStore::MySql($store) => $call,
+        }
+    };
+}
+
+impl CatalogStore for AnyStore {
+    fn name(&self) -> &str {
+        delegate!(self, s => s.name())
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        delegate!(self, s => s.migrate().await)
+    }
+
+    async fn position(&self) -> Result<u64, StoreError> {
+        delegate!(self, s => s.position().await)
+    }
+
+    async fn apply(&self, records: Vec<(u64, Record)>) -> Result<(), StoreError> {
+        delegate!(self, s => s.apply(records).await)
+    }
+
+    async fn rows(&self) -> Result<Vec<CatalogRow>, StoreError> {
+        delegate!(self, s => s.rows().await)
+    }
+
+    async fn insert_rows(&self, rows: Vec<CatalogRow>) -> Result<u64, StoreError> {
+        delegate!(self, s => s.insert_rows(rows).await)
+    }
+
+    async fn summary(&self) -> Result<Vec<StationSummary>, StoreError> {
+        delegate!(self, s => s.summary().await)
+    }
 }
 
 const SQLITE_SCHEMA: &[&str] = &[
@@ -217,7 +285,9 @@ impl CatalogStore for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         let name = self.name.clone();
         self.with(move |conn, err| {
-            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+            let version: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(err)?;
             let known = SQLITE_SCHEMA.len() as i64;
             if version > known {
                 return Err(StoreError::Other {
@@ -228,7 +298,8 @@ impl CatalogStore for SqliteStore {
             for (i, step) in SQLITE_SCHEMA.iter().enumerate().skip(version as usize) {
                 let tx = conn.transaction().map_err(err)?;
                 tx.execute_batch(step).map_err(err)?;
-                tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(err)?;
+                tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+                    .map_err(err)?;
                 tx.commit().map_err(err)?;
             }
             Ok(())
@@ -346,7 +417,12 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert_eq!(
             store.summary().await.unwrap(),
-            vec![StationSummary { station: "s1".into(), files: 2, bytes: 30, last_backup: Some(1002) }]
+            vec![StationSummary {
+                station: "s1".into(),
+                files: 2,
+                bytes: 30,
+                last_backup: Some(1002)
+            }]
         );
         // The position never goes backwards.
         store.apply(vec![(2, record("c", 3, 1))]).await.unwrap();
@@ -359,7 +435,10 @@ mod tests {
         let store = SqliteStore::new("backup", &dir.path().join("c.sqlite"));
         store.migrate().await.unwrap();
         store.apply(vec![(1, record("a", 1, 10))]).await.unwrap();
-        let added = store.insert_rows(vec![record("a", 1, 10), record("b", 2, 5)]).await.unwrap();
+        let added = store
+            .insert_rows(vec![record("a", 1, 10), record("b", 2, 5)])
+            .await
+            .unwrap();
         assert_eq!(added, 1);
         assert_eq!(store.summary().await.unwrap()[0].files, 2);
     }

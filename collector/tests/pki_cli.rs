@@ -166,9 +166,18 @@ fn unknown_commands_and_options_exit_2() -> Result<()> {
     let pki = Pki::new()?;
     let output = pki.run(&["frobnicate"])?;
     assert_eq!(output.status.code(), Some(2));
-    let output = pki.run(&["run"])?;
+    assert_eq!(
+        stderr(&output),
+        "ferry-collector: frobnicate: unknown command (see --help)\n"
+    );
+    let missing = pki.dir.path().join("missing.toml");
+    let output = pki.run(&["run", "--config", missing.to_str().unwrap_or_default()])?;
     assert_eq!(output.status.code(), Some(2));
-    assert_eq!(stderr(&output), "ferry-collector: run: not built yet\n");
+    assert!(
+        stderr(&output).contains("missing.toml"),
+        "{}",
+        stderr(&output)
+    );
     let output = pki.run(&["pki", "init-ca", "--dir", pki.dir(), "--bogus"])?;
     assert_eq!(output.status.code(), Some(2));
     assert!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use ferry_collector::Collector;
 use ferry_collector::config::{self, Settings};
 use ferry_collector::journal::Record;
-use ferry_collector::store::{CatalogStore, SqliteStore};
+use ferry_collector::store::{AnyStore, CatalogStore};
 
 use crate::pki::TestPki;
 
@@ -44,11 +44,29 @@ impl TestCollector {
         })
     }
 
+    /// Points the catalogs at `primary` and `backup` URLs (e.g. MariaDB
+    /// servers of the harness), rewriting the config file.
+    pub fn use_catalogs(&mut self, primary: &str, backup: &str) -> anyhow::Result<()> {
+        let mut text = std::fs::read_to_string(&self.config_path)?;
+        text = text.replace(
+            "[limits]",
+            &format!("[catalog]\nprimary = {primary:?}\nbackup = {backup:?}\n[limits]"),
+        );
+        std::fs::write(&self.config_path, text)?;
+        let listen = self.settings.listen;
+        self.settings = config::load(&self.config_path)?;
+        self.settings.listen = listen;
+        Ok(())
+    }
+
     /// Fixes the listening port (for collectors run as a separate process,
     /// whose port the test must know in advance), rewriting the config file.
     pub fn pin_port(&mut self, addr: std::net::SocketAddr) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(&self.config_path)?;
-        std::fs::write(&self.config_path, text.replace("127.0.0.1:0", &addr.to_string()))?;
+        std::fs::write(
+            &self.config_path,
+            text.replace("127.0.0.1:0", &addr.to_string()),
+        )?;
         self.settings = config::load(&self.config_path)?;
         Ok(())
     }
@@ -97,8 +115,7 @@ impl TestCollector {
             "primary" => &self.settings.primary,
             _ => &self.settings.backup,
         };
-        let config::CatalogUrl::Sqlite(path) = url;
-        let store = SqliteStore::new(catalog, path);
+        let store = AnyStore::open(catalog, url)?;
         store.migrate().await?;
         Ok(store.rows().await?)
     }
@@ -110,7 +127,9 @@ impl TestCollector {
         loop {
             let primary = self.catalog_rows("primary").await?;
             let backup = self.catalog_rows("backup").await?;
-            if (primary.len() >= count && backup.len() >= count) || tokio::time::Instant::now() > deadline {
+            if (primary.len() >= count && backup.len() >= count)
+                || tokio::time::Instant::now() > deadline
+            {
                 return Ok((primary, backup));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

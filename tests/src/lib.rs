@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod collector;
+pub mod mariadb;
 pub mod pki;
 pub mod process;
 pub mod proxy;

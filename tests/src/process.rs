@@ -16,10 +16,9 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
     // Test binaries live in target/<profile>/deps; binaries one level up.
     let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow::anyhow!("cannot locate the target directory from {}", exe.display()))?;
+    let dir = exe.parent().and_then(Path::parent).ok_or_else(|| {
+        anyhow::anyhow!("cannot locate the target directory from {}", exe.display())
+    })?;
     let path = dir.join(name);
     if path.exists() {
         // `cargo test --workspace` (and nextest) build every binary of the
@@ -81,7 +80,11 @@ impl Process {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(status);
             }
-            anyhow::ensure!(Instant::now() < deadline, "{} did not stop within {timeout:?}", self.name);
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} did not stop within {timeout:?}",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -97,7 +100,10 @@ impl Drop for Process {
 pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "nothing listens on {addr} after {timeout:?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "nothing listens on {addr} after {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())

@@ -17,7 +17,9 @@ pub struct RawDealer {
 
 impl std::fmt::Debug for RawDealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawDealer").field("tunnel", &self.tunnel).finish()
+        f.debug_struct("RawDealer")
+            .field("tunnel", &self.tunnel)
+            .finish()
     }
 }
 
@@ -40,7 +42,11 @@ impl RawDealer {
             .map_err(|e| e.to_string())?;
         let mut options = zeromq::SocketOptions::default();
         options
-            .peer_identity(identity.try_into().map_err(|e: zeromq::ZmqError| e.to_string())?)
+            .peer_identity(
+                identity
+                    .try_into()
+                    .map_err(|e: zeromq::ZmqError| e.to_string())?,
+            )
             .connect_timeout(Duration::from_secs(3));
         let mut dealer = zeromq::DealerSocket::with_options(options);
         dealer

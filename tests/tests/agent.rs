@@ -142,7 +142,13 @@ async fn odd_names_travel_and_due_backup_stays_one_path_per_line() {
         (lines.len() == names.len() - 1).then_some(lines)
     })
     .await
-    .unwrap_or_else(|| panic!("DUE_BACKUP: {:?}", agent.due_backup()));
+    .unwrap_or_else(|| {
+        panic!(
+            "DUE_BACKUP: {:?}\nagent log:\n{}",
+            agent.due_backup(),
+            agent.log_text()
+        )
+    });
     let mut expected: Vec<String> = names
         .iter()
         .filter(|n| !n.contains('\n'))

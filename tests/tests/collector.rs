@@ -66,9 +66,19 @@ async fn files_are_stored_verified_and_catalogued_once_in_both_catalogs() {
     let dir = pki.scratch("station");
     let big: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
     let files = vec![
-        file(&dir, "spectrum", "2022/03/07/rfeye002073_220307_T175758.bin", &big),
+        file(
+            &dir,
+            "spectrum",
+            "2022/03/07/rfeye002073_220307_T175758.bin",
+            &big,
+        ),
         file(&dir, "spectrum", "empty.csv", b""),
-        file(&dir, "logs", "a/b/c/d/e/f/g/h/ünïcödé measurement.log", b"non-ascii name"),
+        file(
+            &dir,
+            "logs",
+            "a/b/c/d/e/f/g/h/ünïcödé measurement.log",
+            b"non-ascii name",
+        ),
     ];
     let mut flow = Flow::default();
     let reports = send_batch(&mut link, &mut flow, 1, &files).await.unwrap();
@@ -83,7 +93,8 @@ async fn files_are_stored_verified_and_catalogued_once_in_both_catalogs() {
                 stored_as: format!("rfeye002073/{}/{}", f.root, f.rel_path)
             }
         );
-        let stored = std::fs::read(collector.repository().join(stored_as(&report.outcome))).unwrap();
+        let stored =
+            std::fs::read(collector.repository().join(stored_as(&report.outcome))).unwrap();
         assert_eq!(stored, content, "{}", f.rel_path);
     }
 
@@ -91,7 +102,10 @@ async fn files_are_stored_verified_and_catalogued_once_in_both_catalogs() {
     // nothing catalogued twice.
     let again = send_batch(&mut link, &mut flow, 2, &files).await.unwrap();
     for report in &again {
-        assert!(matches!(report.outcome, Outcome::AlreadyStored { .. }), "{report:?}");
+        assert!(
+            matches!(report.outcome, Outcome::AlreadyStored { .. }),
+            "{report:?}"
+        );
     }
     // Offered with its hash, a stored file is not even sent.
     let mut known = files.clone();
@@ -99,14 +113,24 @@ async fn files_are_stored_verified_and_catalogued_once_in_both_catalogs() {
         f.sha256 = Some(sha256(&std::fs::read(&f.abs_path).unwrap()));
     }
     let skipped = send_batch(&mut link, &mut flow, 3, &known).await.unwrap();
-    assert!(skipped.iter().all(|r| r.sent == 0 && matches!(r.outcome, Outcome::AlreadyStored { .. })));
+    assert!(
+        skipped
+            .iter()
+            .all(|r| r.sent == 0 && matches!(r.outcome, Outcome::AlreadyStored { .. }))
+    );
 
     let (primary, backup) = collector.settled_rows(3).await.unwrap();
     assert_eq!(primary.len(), 3, "{primary:#?}");
     assert_eq!(primary, backup, "catalogs differ");
-    let big_row = primary.iter().find(|r| r.path.ends_with("T175758.bin")).unwrap();
+    let big_row = primary
+        .iter()
+        .find(|r| r.path.ends_with("T175758.bin"))
+        .unwrap();
     assert_eq!(big_row.station, "rfeye002073");
-    assert_eq!(big_row.path, "spectrum/2022/03/07/rfeye002073_220307_T175758.bin");
+    assert_eq!(
+        big_row.path,
+        "spectrum/2022/03/07/rfeye002073_220307_T175758.bin"
+    );
     assert_eq!(big_row.size, big.len() as u64);
     assert_eq!(big_row.sha256, sha256(&big));
     collector.stop().await;
@@ -121,14 +145,37 @@ async fn new_content_for_a_stored_path_is_stored_beside_it() {
     let mut link = station(&pki, "s1", &endpoint).await;
     let dir = pki.scratch("station");
     let mut flow = Flow::default();
-    let first = send_batch(&mut link, &mut flow, 1, &[file(&dir, "data", "log.csv", b"version 1")]).await.unwrap();
-    let second = send_batch(&mut link, &mut flow, 2, &[file(&dir, "data", "log.csv", b"version 2, longer")]).await.unwrap();
+    let first = send_batch(
+        &mut link,
+        &mut flow,
+        1,
+        &[file(&dir, "data", "log.csv", b"version 1")],
+    )
+    .await
+    .unwrap();
+    let second = send_batch(
+        &mut link,
+        &mut flow,
+        2,
+        &[file(&dir, "data", "log.csv", b"version 2, longer")],
+    )
+    .await
+    .unwrap();
     assert_eq!(stored_as(&first[0].outcome), "s1/data/log.csv");
     let tag = &ferry_collector::repository::hex(&sha256(b"version 2, longer"))[..12];
-    assert_eq!(stored_as(&second[0].outcome), format!("s1/data/log.{tag}.csv"));
+    assert_eq!(
+        stored_as(&second[0].outcome),
+        format!("s1/data/log.{tag}.csv")
+    );
     let repo = collector.repository();
-    assert_eq!(std::fs::read(repo.join("s1/data/log.csv")).unwrap(), b"version 1");
-    assert_eq!(std::fs::read(repo.join(format!("s1/data/log.{tag}.csv"))).unwrap(), b"version 2, longer");
+    assert_eq!(
+        std::fs::read(repo.join("s1/data/log.csv")).unwrap(),
+        b"version 1"
+    );
+    assert_eq!(
+        std::fs::read(repo.join(format!("s1/data/log.{tag}.csv"))).unwrap(),
+        b"version 2, longer"
+    );
     let (primary, backup) = collector.settled_rows(2).await.unwrap();
     assert_eq!(primary.len(), 2);
     assert!(primary.iter().all(|r| r.path == "data/log.csv"));
@@ -154,7 +201,11 @@ async fn hostile_paths_are_refused_per_file_and_the_batch_goes_on() {
         ("..", "b/via-root"),
         ("data", &"n".repeat(300)),
     ] {
-        files.push(OutgoingFile { root: root.into(), rel_path: path.into(), ..good.clone() });
+        files.push(OutgoingFile {
+            root: root.into(),
+            rel_path: path.into(),
+            ..good.clone()
+        });
     }
     let mut flow = Flow::default();
     let reports = send_batch(&mut link, &mut flow, 1, &files).await.unwrap();
@@ -171,10 +222,20 @@ async fn hostile_paths_are_refused_per_file_and_the_batch_goes_on() {
         }
     }
     // Nothing outside the station's own area.
-    let top: Vec<_> = std::fs::read_dir(collector.repository()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let top: Vec<_> = std::fs::read_dir(collector.repository())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(top, vec![std::ffi::OsString::from("a")]);
     // The session is still good for the next batch.
-    let next = send_batch(&mut link, &mut flow, 2, &[file(&dir, "data", "next.bin", b"more")]).await.unwrap();
+    let next = send_batch(
+        &mut link,
+        &mut flow,
+        2,
+        &[file(&dir, "data", "next.bin", b"more")],
+    )
+    .await
+    .unwrap();
     assert_eq!(stored_as(&next[0].outcome), "a/data/next.bin");
     collector.stop().await;
 }
@@ -191,15 +252,36 @@ async fn a_cut_transfer_resumes_from_the_staged_offset_after_a_collector_restart
 
     // Send the first 5 chunks by hand, then the collector goes away.
     let mut link = station(&pki, "s1", &endpoint).await;
-    let offer = FileOffer { id: 0, root: f.root.clone(), path: f.rel_path.clone(), size: f.size, mtime_ns: f.mtime_ns, sha256: None };
-    link.send(Message::Offer(Offer { batch: 1, files: vec![offer] })).await.unwrap();
+    let offer = FileOffer {
+        id: 0,
+        root: f.root.clone(),
+        path: f.rel_path.clone(),
+        size: f.size,
+        mtime_ns: f.mtime_ns,
+        sha256: None,
+    };
+    link.send(Message::Offer(Offer {
+        batch: 1,
+        files: vec![offer],
+    }))
+    .await
+    .unwrap();
     assert!(matches!(link.recv().await.unwrap(), Message::OfferReply(_)));
     for i in 0..5u64 {
         let at = (i * 65536) as usize;
         let data = content[at..at + 65536].to_vec();
-        link.send(Message::Chunk(Chunk { batch: 1, file: 0, offset: at as u64, data })).await.unwrap();
+        link.send(Message::Chunk(Chunk {
+            batch: 1,
+            file: 0,
+            offset: at as u64,
+            data,
+        }))
+        .await
+        .unwrap();
     }
-    link.send(Message::StatusQuery(StatusQuery {})).await.unwrap();
+    link.send(Message::StatusQuery(StatusQuery {}))
+        .await
+        .unwrap();
     loop {
         // The status answer comes after the chunks were written.
         if let Message::StatusReply(_) = link.recv().await.unwrap() {
@@ -212,10 +294,19 @@ async fn a_cut_transfer_resumes_from_the_staged_offset_after_a_collector_restart
 
     let mut link = station(&pki, "s1", &endpoint).await;
     let mut flow = Flow::default();
-    let reports = send_batch(&mut link, &mut flow, 1, std::slice::from_ref(&f)).await.unwrap();
+    let reports = send_batch(&mut link, &mut flow, 1, std::slice::from_ref(&f))
+        .await
+        .unwrap();
     assert_eq!(stored_as(&reports[0].outcome), "s1/spectrum/big.bin");
-    assert_eq!(reports[0].sent, content.len() as u64 - 5 * 65536, "resumed from the staged offset");
-    assert_eq!(std::fs::read(collector.repository().join("s1/spectrum/big.bin")).unwrap(), content);
+    assert_eq!(
+        reports[0].sent,
+        content.len() as u64 - 5 * 65536,
+        "resumed from the staged offset"
+    );
+    assert_eq!(
+        std::fs::read(collector.repository().join("s1/spectrum/big.bin")).unwrap(),
+        content
+    );
     let (primary, backup) = collector.settled_rows(1).await.unwrap();
     assert_eq!(primary.len(), 1);
     assert_eq!(primary, backup);

@@ -69,24 +69,56 @@ async fn kill_9_of_the_collector_mid_transfer_loses_and_duplicates_nothing() {
 
     // Batch 1 is acknowledged before the crash.
     let acked: Vec<OutgoingFile> = (0..20)
-        .map(|i| file(&dir, &format!("acked/{i:02}.bin"), format!("acked file {i}").repeat(i + 1).as_bytes()))
+        .map(|i| {
+            file(
+                &dir,
+                &format!("acked/{i:02}.bin"),
+                format!("acked file {i}").repeat(i + 1).as_bytes(),
+            )
+        })
         .collect();
     let mut link = station(&pki, "s1", &endpoint).await;
     let mut flow = Flow::default();
     let reports = send_batch(&mut link, &mut flow, 1, &acked).await.unwrap();
-    assert!(reports.iter().all(|r| matches!(r.outcome, Outcome::Stored { .. })), "{reports:?}");
+    assert!(
+        reports
+            .iter()
+            .all(|r| matches!(r.outcome, Outcome::Stored { .. })),
+        "{reports:?}"
+    );
 
     // Batch 2 is cut: part of a large file is staged when the collector dies.
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
     let cut = file(&dir, "cut/big.bin", &big);
-    let offer = FileOffer { id: 0, root: cut.root.clone(), path: cut.rel_path.clone(), size: cut.size, mtime_ns: 1, sha256: None };
-    link.send(Message::Offer(Offer { batch: 2, files: vec![offer] })).await.unwrap();
+    let offer = FileOffer {
+        id: 0,
+        root: cut.root.clone(),
+        path: cut.rel_path.clone(),
+        size: cut.size,
+        mtime_ns: 1,
+        sha256: None,
+    };
+    link.send(Message::Offer(Offer {
+        batch: 2,
+        files: vec![offer],
+    }))
+    .await
+    .unwrap();
     assert!(matches!(link.recv().await.unwrap(), Message::OfferReply(_)));
     for i in 0..10usize {
         let data = big[i * 65536..(i + 1) * 65536].to_vec();
-        link.send(Message::Chunk(Chunk { batch: 2, file: 0, offset: (i * 65536) as u64, data })).await.unwrap();
+        link.send(Message::Chunk(Chunk {
+            batch: 2,
+            file: 0,
+            offset: (i * 65536) as u64,
+            data,
+        }))
+        .await
+        .unwrap();
     }
-    link.send(Message::StatusQuery(StatusQuery {})).await.unwrap();
+    link.send(Message::StatusQuery(StatusQuery {}))
+        .await
+        .unwrap();
     while !matches!(link.recv().await.unwrap(), Message::StatusReply(_)) {}
     proc.kill9();
     drop(link);
@@ -96,16 +128,36 @@ async fn kill_9_of_the_collector_mid_transfer_loses_and_duplicates_nothing() {
     let mut flow = Flow::default();
     // The agent does not know the acks of batch 1 were kept: it may resend.
     let again = send_batch(&mut link, &mut flow, 3, &acked).await.unwrap();
-    assert!(again.iter().all(|r| matches!(r.outcome, Outcome::AlreadyStored { .. })), "{again:?}");
-    let resumed = send_batch(&mut link, &mut flow, 4, std::slice::from_ref(&cut)).await.unwrap();
-    assert!(matches!(resumed[0].outcome, Outcome::Stored { .. }), "{resumed:?}");
-    assert_eq!(resumed[0].sent, big.len() as u64 - 10 * 65536, "did not resume from the staged offset");
+    assert!(
+        again
+            .iter()
+            .all(|r| matches!(r.outcome, Outcome::AlreadyStored { .. })),
+        "{again:?}"
+    );
+    let resumed = send_batch(&mut link, &mut flow, 4, std::slice::from_ref(&cut))
+        .await
+        .unwrap();
+    assert!(
+        matches!(resumed[0].outcome, Outcome::Stored { .. }),
+        "{resumed:?}"
+    );
+    assert_eq!(
+        resumed[0].sent,
+        big.len() as u64 - 10 * 65536,
+        "did not resume from the staged offset"
+    );
 
     // Every acked file is in the repository with the right content, and
     // exactly once in both catalogs.
     for f in acked.iter().chain([&cut]) {
-        let stored = std::fs::read(collector.repository().join("s1/data").join(&f.rel_path)).unwrap();
-        assert_eq!(sha256(&stored), sha256(&std::fs::read(&f.abs_path).unwrap()), "{}", f.rel_path);
+        let stored =
+            std::fs::read(collector.repository().join("s1/data").join(&f.rel_path)).unwrap();
+        assert_eq!(
+            sha256(&stored),
+            sha256(&std::fs::read(&f.abs_path).unwrap()),
+            "{}",
+            f.rel_path
+        );
     }
     let (primary, backup) = collector.settled_rows(21).await.unwrap();
     assert_eq!(primary.len(), 21);
@@ -114,7 +166,14 @@ async fn kill_9_of_the_collector_mid_transfer_loses_and_duplicates_nothing() {
 
     let out = process::run(&bin, &["reconcile", "--config", &config]).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("catalogs identical"), "{text}");
-    assert!(text.contains("repaired: 0 rows into primary, 0 rows into backup"), "{text}");
+    assert!(
+        text.contains("repaired: 0 rows into primary, 0 rows into backup"),
+        "{text}"
+    );
 }

@@ -28,7 +28,10 @@ impl SmallFs {
             .arg(at)
             .status()
             .unwrap();
-        assert!(status.success(), "mounting a tmpfs needs root (CI runs as root)");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (CI runs as root)"
+        );
         Self(at.to_owned())
     }
 }
@@ -109,7 +112,9 @@ async fn full_disk_scenario(reserve: u64) {
     let mut flow = Flow::default();
     let mut refused = Vec::new();
     for (i, f) in files.iter().enumerate() {
-        let report = send_batch(&mut link, &mut flow, i as u64, std::slice::from_ref(f)).await.unwrap();
+        let report = send_batch(&mut link, &mut flow, i as u64, std::slice::from_ref(f))
+            .await
+            .unwrap();
         match &report[0].outcome {
             Outcome::Stored { .. } => {}
             Outcome::Failed(e) => {
@@ -120,8 +125,14 @@ async fn full_disk_scenario(reserve: u64) {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert!(!refused.is_empty(), "the filesystem never filled up: the test proves nothing");
-    assert!(refused.len() < files.len(), "nothing was stored before the disk filled");
+    assert!(
+        !refused.is_empty(),
+        "the filesystem never filled up: the test proves nothing"
+    );
+    assert!(
+        refused.len() < files.len(),
+        "nothing was stored before the disk filled"
+    );
 
     // Whatever sits under a final name is complete and correct.
     let mut stored = Vec::new();
@@ -130,14 +141,28 @@ async fn full_disk_scenario(reserve: u64) {
     for path in &stored {
         let name = path.file_name().unwrap().to_str().unwrap();
         let original = std::fs::read(dir.join(name)).unwrap();
-        assert_eq!(sha256(&std::fs::read(path).unwrap()), sha256(&original), "{name} is partial");
+        assert_eq!(
+            sha256(&std::fs::read(path).unwrap()),
+            sha256(&original),
+            "{name} is partial"
+        );
     }
 
     // Space returns; the refused files go through on retry.
     std::fs::remove_file(&ballast).unwrap();
     for (i, f) in refused.iter().enumerate() {
-        let report = send_batch(&mut link, &mut flow, 100 + i as u64, std::slice::from_ref(f)).await.unwrap();
-        assert!(matches!(report[0].outcome, Outcome::Stored { .. }), "{report:?}");
+        let report = send_batch(
+            &mut link,
+            &mut flow,
+            100 + i as u64,
+            std::slice::from_ref(f),
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(report[0].outcome, Outcome::Stored { .. }),
+            "{report:?}"
+        );
     }
     let mut all = Vec::new();
     walk(&collector.repository(), &mut all);

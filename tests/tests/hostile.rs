@@ -30,7 +30,9 @@ fn hello(station: &str) -> Vec<u8> {
 async fn raw(pki: &TestPki, station: &str, endpoint: &str) -> RawDealer {
     let files = pki.station(station).unwrap();
     let identity = zmq_identity(&StationId::new(station).unwrap(), 1);
-    RawDealer::connect(pki, &files, endpoint, identity).await.unwrap()
+    RawDealer::connect(pki, &files, endpoint, identity)
+        .await
+        .unwrap()
 }
 
 async fn error_reply(peer: &mut RawDealer) -> ErrorFrame {
@@ -83,11 +85,20 @@ async fn bad_peers_get_clear_errors_while_a_good_station_keeps_sending() {
     // the connection is closed.
     let mut garbage = raw(&pki, "garbage", &endpoint).await;
     garbage.send(hello("garbage")).await.unwrap();
-    garbage.send(vec![0, 1, 0xFF, 0xFF, 0xFF, 0xFF, 0x13, 0x37]).await.unwrap();
+    garbage
+        .send(vec![0, 1, 0xFF, 0xFF, 0xFF, 0xFF, 0x13, 0x37])
+        .await
+        .unwrap();
     let error = error_reply(&mut garbage).await;
     assert_eq!(error.code, ErrorCode::Malformed, "{error}");
     assert!(error.message.contains("does not decode"), "{error}");
-    assert!(garbage.closed_within(Duration::from_secs(5)).await.is_some(), "garbage peer kept its connection");
+    assert!(
+        garbage
+            .closed_within(Duration::from_secs(5))
+            .await
+            .is_some(),
+        "garbage peer kept its connection"
+    );
 
     // A frame of an unknown protocol version.
     let mut future = raw(&pki, "future", &endpoint).await;
@@ -100,7 +111,9 @@ async fn bad_peers_get_clear_errors_while_a_good_station_keeps_sending() {
 
     // A message before Hello.
     let mut rude = raw(&pki, "rude", &endpoint).await;
-    rude.send(codec::encode(&Message::StatusQuery(StatusQuery {})).unwrap()).await.unwrap();
+    rude.send(codec::encode(&Message::StatusQuery(StatusQuery {})).unwrap())
+        .await
+        .unwrap();
     let error = error_reply(&mut rude).await;
     assert_eq!(error.code, ErrorCode::UnexpectedMessage, "{error}");
 
@@ -110,22 +123,51 @@ async fn bad_peers_get_clear_errors_while_a_good_station_keeps_sending() {
     greedy.send(hello("greedy")).await.unwrap();
     let _ = greedy.send(vec![0u8; 9 << 20]).await;
     let closed = greedy.closed_within(Duration::from_secs(5)).await;
-    assert!(closed.is_some(), "oversized frame did not end the connection");
+    assert!(
+        closed.is_some(),
+        "oversized frame did not end the connection"
+    );
 
     // A chunk for a file nobody offered, and a commit with a wrong hash.
     let mut sloppy = raw(&pki, "sloppy", &endpoint).await;
     sloppy.send(hello("sloppy")).await.unwrap();
     let offer = Offer {
         batch: 9,
-        files: vec![FileOffer { id: 0, root: "d".into(), path: "x".into(), size: 3, mtime_ns: 0, sha256: None }],
+        files: vec![FileOffer {
+            id: 0,
+            root: "d".into(),
+            path: "x".into(),
+            size: 3,
+            mtime_ns: 0,
+            sha256: None,
+        }],
     };
-    sloppy.send(codec::encode(&Message::Offer(offer)).unwrap()).await.unwrap();
     sloppy
-        .send(codec::encode(&Message::Chunk(Chunk { batch: 9, file: 0, offset: 0, data: b"abc".to_vec() })).unwrap())
+        .send(codec::encode(&Message::Offer(offer)).unwrap())
         .await
         .unwrap();
     sloppy
-        .send(codec::encode(&Message::Commit(Commit { batch: 9, file: 0, size: 3, sha256: [0; 32] })).unwrap())
+        .send(
+            codec::encode(&Message::Chunk(Chunk {
+                batch: 9,
+                file: 0,
+                offset: 0,
+                data: b"abc".to_vec(),
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    sloppy
+        .send(
+            codec::encode(&Message::Commit(Commit {
+                batch: 9,
+                file: 0,
+                size: 3,
+                sha256: [0; 32],
+            }))
+            .unwrap(),
+        )
         .await
         .unwrap();
     let ack = loop {
@@ -138,10 +180,23 @@ async fn bad_peers_get_clear_errors_while_a_good_station_keeps_sending() {
         Outcome::Failed(e) => assert_eq!(e.code, ErrorCode::HashMismatch, "{e}"),
         other => panic!("a wrong hash was accepted: {other:?}"),
     }
-    assert!(!collector.repository().join("sloppy/d/x").exists(), "content with a wrong hash stored under its final name");
+    assert!(
+        !collector.repository().join("sloppy/d/x").exists(),
+        "content with a wrong hash stored under its final name"
+    );
 
-    let reports = tokio::time::timeout(Duration::from_secs(60), good).await.unwrap().unwrap().unwrap();
-    assert!(matches!(reports[0].outcome, Outcome::Stored { .. }), "{reports:?}");
-    assert_eq!(std::fs::read(collector.repository().join("good/data/big.bin")).unwrap(), content);
+    let reports = tokio::time::timeout(Duration::from_secs(60), good)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(reports[0].outcome, Outcome::Stored { .. }),
+        "{reports:?}"
+    );
+    assert_eq!(
+        std::fs::read(collector.repository().join("good/data/big.bin")).unwrap(),
+        content
+    );
     collector.stop().await;
 }

@@ -1,5 +1,8 @@
 //! Developer tasks: `cargo xtask test` sets up what the suite needs on a
-//! fresh Debian machine and runs every test of the workspace.
+//! fresh Debian machine (`mariadb-server` for the catalog tests) and runs
+//! every test of the workspace.
+
+mod quickstart;
 
 use std::process::{Command, ExitCode};
 
@@ -9,6 +12,9 @@ const HELP: &str = "\
 cargo xtask <task>
 
 tasks:
+  quickstart [DIR] build Ferry and run a collector and an agent on sample
+                   data with the embedded SQLite catalogs (default DIR:
+                   ferry-quickstart); leaves ready-to-edit configs in DIR
   test [ARGS...]   run the whole test suite (cargo nextest when installed,
                    cargo test otherwise); ARGS go to the test runner
 ";
@@ -17,6 +23,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
+        Some("quickstart") => quickstart::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{HELP}");
             Ok(())
@@ -33,6 +40,7 @@ fn main() -> ExitCode {
 }
 
 fn test(extra: &[String]) -> Result<()> {
+    ensure_mariadb()?;
     let nextest = Command::new("cargo")
         .args(["nextest", "--version"])
         .output()
@@ -45,6 +53,38 @@ fn test(extra: &[String]) -> Result<()> {
     }
     command.args(extra);
     run(&mut command)
+}
+
+/// The MariaDB tests start their own servers from the distribution's
+/// `mariadb-server` package; install it when `mariadbd` is missing. A
+/// system service the package may start is not used.
+fn ensure_mariadb() -> Result<()> {
+    if mariadbd_installed() {
+        return Ok(());
+    }
+    eprintln!("xtask: mariadbd not found; installing mariadb-server with apt-get");
+    let apt = |args: &[&str]| {
+        run(Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    apt(&["update"])
+        .and_then(|()| apt(&["install", "-y", "--no-install-recommends", "mariadb-server"]))
+        .context(
+            "cannot install mariadb-server, which the MariaDB tests need \
+             (run as root on Debian/Ubuntu, or install it yourself)",
+        )?;
+    if !mariadbd_installed() {
+        bail!("mariadb-server is installed but mariadbd is neither on PATH nor in /usr/sbin");
+    }
+    Ok(())
+}
+
+fn mariadbd_installed() -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([std::path::PathBuf::from("/usr/sbin")])
+        .any(|dir| dir.join("mariadbd").is_file())
 }
 
 fn run(command: &mut Command) -> Result<()> {
