@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ferry_common::json;
+
 use crate::config::Settings;
 use crate::halt_flag::HaltFlag;
 use crate::ledger::Ledger;
@@ -177,26 +179,6 @@ pub fn text(r: &Report) -> String {
     out
 }
 
-fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn json_opt(s: &Option<String>) -> String {
-    s.as_deref().map_or_else(|| "null".to_owned(), json_str)
-}
-
 fn json_time(t: Option<SystemTime>) -> String {
     t.map_or_else(|| "null".to_owned(), |t| secs(t).to_string())
 }
@@ -209,8 +191,8 @@ pub fn json(r: &Report) -> String {
         .map(|(p, e, a)| {
             format!(
                 "{{\"path\":{},\"error\":{},\"attempts\":{a}}}",
-                json_str(p),
-                json_str(e)
+                json::string(p),
+                json::string(e)
             )
         })
         .collect();
@@ -221,10 +203,10 @@ pub fn json(r: &Report) -> String {
         json_time(r.oldest_due),
         r.failing,
         json_time(r.last_ack),
-        json_opt(&r.halt_flag),
+        json::string_or_null(r.halt_flag.as_deref()),
         r.collector_connected,
-        json_opt(&r.collector),
-        json_opt(&r.last_error),
+        json::string_or_null(r.collector.as_deref()),
+        json::string_or_null(r.last_error.as_deref()),
         errors.join(",")
     )
 }

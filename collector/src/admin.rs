@@ -101,7 +101,7 @@ pub fn status_json(rows: &[StationStatus]) -> String {
         .map(|r| {
             format!(
                 "{{\"station\":{},\"host_files\":{},\"bytes\":{},\"pending_backup\":{},\"pending_primary\":{},\"pending_backup_catalog\":{},\"backup_error\":{},\"last_backup\":{}}}",
-                json_string(&r.station),
+                ferry_common::json::string(&r.station),
                 r.host_files,
                 r.bytes,
                 r.pending_backup,
@@ -113,27 +113,6 @@ pub fn status_json(rows: &[StationStatus]) -> String {
         })
         .collect();
     format!("[{}]\n", items.join(","))
-}
-
-/// A JSON string literal.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Runs reconcile between the configured catalogs.

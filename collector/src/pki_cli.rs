@@ -334,9 +334,12 @@ pub fn render_text(info: &CertificateInfo, now: OffsetDateTime) -> String {
 
 /// `show --json` output: one JSON object on one line.
 pub fn render_json(info: &CertificateInfo, now: OffsetDateTime) -> String {
-    let string_or_null = |s: Option<&str>| s.map_or_else(|| "null".to_owned(), json_string);
+    let string_or_null = ferry_common::json::string_or_null;
     let list = |items: Vec<String>| {
-        let items: Vec<String> = items.iter().map(|s| json_string(s)).collect();
+        let items: Vec<String> = items
+            .iter()
+            .map(|s| ferry_common::json::string(s))
+            .collect();
         format!("[{}]", items.join(","))
     };
     format!(
@@ -346,10 +349,10 @@ pub fn render_json(info: &CertificateInfo, now: OffsetDateTime) -> String {
         string_or_null(info.subject_cn.as_deref()),
         string_or_null(info.station.as_ref().map(StationId::as_str)),
         info.is_ca,
-        json_string(&rfc3339(info.not_before)),
-        json_string(&rfc3339(info.not_after)),
+        ferry_common::json::string(&rfc3339(info.not_before)),
+        ferry_common::json::string(&rfc3339(info.not_after)),
         expires_in_days(info, now),
-        json_string(&info.sha256_fingerprint),
+        ferry_common::json::string(&info.sha256_fingerprint),
         list(info.dns_names.clone()),
         list(info.ip_addresses.iter().map(ToString::to_string).collect()),
         info.client_auth,
@@ -581,28 +584,6 @@ fn plural_days(days: u64) -> String {
 
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
-}
-
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if u32::from(c) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", u32::from(c)));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]

@@ -272,7 +272,7 @@ async fn admit(
         };
         let (mut tls_read, tls_write) = tokio::io::split(tls);
         let (unix_read, mut unix_write) = unix.into_split();
-        let outbound = pump(unix_read, tls_write);
+        let outbound = pump(unix_read, tls_write, None);
         tokio::pin!(outbound);
         let mut buf = Vec::with_capacity(256);
         let checked = tokio::select! {
@@ -301,7 +301,7 @@ async fn admit(
         let inbound = async {
             guard.check(&buf[handshake.len..])?;
             unix_write.write_all(&buf).await.map_err(BridgeError::Local)?;
-            pump_guarded(tls_read, unix_write, guard).await
+            pump(tls_read, unix_write, Some(guard)).await
         };
         let reason = tokio::select! {
             r = inbound => r.err().map(|e| e.to_string()),
@@ -360,27 +360,13 @@ async fn check_identity<R: AsyncRead + Unpin>(
     Ok(handshake)
 }
 
-async fn pump_guarded<R, W>(
+/// Copies `from` to `to` until end of stream (then shuts `to` down), passing
+/// every read through `guard` first when there is one.
+async fn pump<R, W>(
     mut from: R,
     mut to: W,
-    mut guard: FrameGuard,
+    mut guard: Option<FrameGuard>,
 ) -> Result<(), BridgeError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; COPY_BUFFER];
-    loop {
-        let n = from.read(&mut buf).await.map_err(BridgeError::Local)?;
-        if n == 0 {
-            return Ok(());
-        }
-        guard.check(&buf[..n])?;
-        to.write_all(&buf[..n]).await.map_err(BridgeError::Local)?;
-    }
-}
-
-async fn pump<R, W>(mut from: R, mut to: W) -> Result<(), BridgeError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -391,6 +377,9 @@ where
         if n == 0 {
             let _ = to.shutdown().await;
             return Ok(());
+        }
+        if let Some(guard) = guard.as_mut() {
+            guard.check(&buf[..n])?;
         }
         to.write_all(&buf[..n]).await.map_err(BridgeError::Local)?;
     }
@@ -474,8 +463,8 @@ where
             let (tls_read, tls_write) = tokio::io::split(tls);
             let (unix_read, unix_write) = unix.into_split();
             tokio::select! {
-                r = pump(tls_read, unix_write) => r.map(|()| "collector closed the connection".to_owned()),
-                r = pump(unix_read, tls_write) => r.map(|()| "local zmq socket closed".to_owned()),
+                r = pump(tls_read, unix_write, None) => r.map(|()| "collector closed the connection".to_owned()),
+                r = pump(unix_read, tls_write, None) => r.map(|()| "local zmq socket closed".to_owned()),
             }
         }
         .await

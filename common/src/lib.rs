@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod bridge;
 pub mod codec;
+pub mod json;
 pub mod link;
 pub mod pki;
 pub mod protocol;

@@ -10,6 +10,7 @@ pub mod process;
 pub mod proxy;
 pub mod raw;
 pub mod receiver;
+pub mod station;
 
 /// Sends `tracing` output to the test's captured output (RUST_LOG filters;
 /// warnings by default). Safe to call from every test.

@@ -17,6 +17,7 @@ use ferry_tests::pki::{CertFiles, TestPki};
 use ferry_tests::proxy::Proxy;
 use ferry_tests::raw::RawDealer;
 use ferry_tests::receiver::Receiver;
+use ferry_tests::station::sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeromq::{SocketRecv, SocketSend, ZmqMessage};
 
@@ -55,12 +56,6 @@ async fn still_answers(link: &mut ClientLink, station: &str) {
         Message::StatusReply(status) => assert_eq!(status.station.as_str(), station),
         other => panic!("expected a status reply, got {other:?}"),
     }
-}
-
-fn sha256(data: &[u8]) -> Sha256 {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,50 +4,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns may unwrap
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
 use ferry_agent::sender::{Flow, OutgoingFile, send_batch};
-use ferry_common::link::{ClientLink, ClientLinkConfig};
 use ferry_common::protocol::*;
-use ferry_common::station::StationId;
 use ferry_tests::collector::TestCollector;
 use ferry_tests::pki::TestPki;
-
-async fn station(pki: &TestPki, station: &str, endpoint: &str) -> ClientLink {
-    let files = pki.station(station).unwrap();
-    let config = ClientLinkConfig {
-        station: StationId::new(station).unwrap(),
-        endpoints: vec![endpoint.to_owned()],
-        tls: pki.client_config(&files).unwrap(),
-        runtime_dir: pki.scratch("agent-run"),
-        connect_timeout: Duration::from_secs(5),
-        heartbeat: Duration::from_secs(1),
-        software: "collector test".into(),
-    };
-    ClientLink::connect(&config, endpoint).await.unwrap()
-}
-
-/// Writes `content` at `dir/rel` and describes it for sending.
-fn file(dir: &Path, root: &str, rel: &str, content: &[u8]) -> OutgoingFile {
-    let abs: PathBuf = dir.join(rel);
-    std::fs::create_dir_all(abs.parent().unwrap()).unwrap();
-    std::fs::write(&abs, content).unwrap();
-    OutgoingFile {
-        root: root.into(),
-        rel_path: rel.into(),
-        abs_path: abs,
-        size: content.len() as u64,
-        mtime_ns: 1_646_675_878_000_000_000,
-        sha256: None,
-    }
-}
-
-fn sha256(data: &[u8]) -> Sha256 {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
-    out
-}
+use ferry_tests::station::{connect, outgoing, sha256};
 
 fn stored_as(outcome: &Outcome) -> &str {
     match outcome {
@@ -62,23 +23,25 @@ async fn files_are_stored_verified_and_catalogued_once_in_both_catalogs() {
     let pki = TestPki::new().unwrap();
     let mut collector = TestCollector::new(&pki, "").unwrap();
     let endpoint = collector.start().await.unwrap();
-    let mut link = station(&pki, "rfeye002073", &endpoint).await;
+    let mut link = connect(&pki, "rfeye002073", &endpoint).await.unwrap();
     let dir = pki.scratch("station");
     let big: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
     let files = vec![
-        file(
+        outgoing(
             &dir,
             "spectrum",
             "2022/03/07/rfeye002073_220307_T175758.bin",
             &big,
-        ),
-        file(&dir, "spectrum", "empty.csv", b""),
-        file(
+        )
+        .unwrap(),
+        outgoing(&dir, "spectrum", "empty.csv", b"").unwrap(),
+        outgoing(
             &dir,
             "logs",
             "a/b/c/d/e/f/g/h/ünïcödé measurement.log",
             b"non-ascii name",
-        ),
+        )
+        .unwrap(),
     ];
     let mut flow = Flow::default();
     let reports = send_batch(&mut link, &mut flow, 1, &files).await.unwrap();
@@ -142,14 +105,14 @@ async fn new_content_for_a_stored_path_is_stored_beside_it() {
     let pki = TestPki::new().unwrap();
     let mut collector = TestCollector::new(&pki, "").unwrap();
     let endpoint = collector.start().await.unwrap();
-    let mut link = station(&pki, "s1", &endpoint).await;
+    let mut link = connect(&pki, "s1", &endpoint).await.unwrap();
     let dir = pki.scratch("station");
     let mut flow = Flow::default();
     let first = send_batch(
         &mut link,
         &mut flow,
         1,
-        &[file(&dir, "data", "log.csv", b"version 1")],
+        &[outgoing(&dir, "data", "log.csv", b"version 1").unwrap()],
     )
     .await
     .unwrap();
@@ -157,7 +120,7 @@ async fn new_content_for_a_stored_path_is_stored_beside_it() {
         &mut link,
         &mut flow,
         2,
-        &[file(&dir, "data", "log.csv", b"version 2, longer")],
+        &[outgoing(&dir, "data", "log.csv", b"version 2, longer").unwrap()],
     )
     .await
     .unwrap();
@@ -189,9 +152,9 @@ async fn hostile_paths_are_refused_per_file_and_the_batch_goes_on() {
     let pki = TestPki::new().unwrap();
     let mut collector = TestCollector::new(&pki, "").unwrap();
     let endpoint = collector.start().await.unwrap();
-    let mut link = station(&pki, "a", &endpoint).await;
+    let mut link = connect(&pki, "a", &endpoint).await.unwrap();
     let dir = pki.scratch("station");
-    let good = file(&dir, "data", "ok.bin", b"fine");
+    let good = outgoing(&dir, "data", "ok.bin", b"fine").unwrap();
     let mut files = vec![good.clone()];
     for (root, path) in [
         ("data", "../b/data/owned.bin"),
@@ -232,7 +195,7 @@ async fn hostile_paths_are_refused_per_file_and_the_batch_goes_on() {
         &mut link,
         &mut flow,
         2,
-        &[file(&dir, "data", "next.bin", b"more")],
+        &[outgoing(&dir, "data", "next.bin", b"more").unwrap()],
     )
     .await
     .unwrap();
@@ -248,10 +211,10 @@ async fn a_cut_transfer_resumes_from_the_staged_offset_after_a_collector_restart
     let endpoint = collector.start().await.unwrap();
     let dir = pki.scratch("station");
     let content: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
-    let f = file(&dir, "spectrum", "big.bin", &content);
+    let f = outgoing(&dir, "spectrum", "big.bin", &content).unwrap();
 
     // Send the first 5 chunks by hand, then the collector goes away.
-    let mut link = station(&pki, "s1", &endpoint).await;
+    let mut link = connect(&pki, "s1", &endpoint).await.unwrap();
     let offer = FileOffer {
         id: 0,
         root: f.root.clone(),
@@ -292,7 +255,7 @@ async fn a_cut_transfer_resumes_from_the_staged_offset_after_a_collector_restart
     drop(link);
     collector.start().await.unwrap();
 
-    let mut link = station(&pki, "s1", &endpoint).await;
+    let mut link = connect(&pki, "s1", &endpoint).await.unwrap();
     let mut flow = Flow::default();
     let reports = send_batch(&mut link, &mut flow, 1, std::slice::from_ref(&f))
         .await

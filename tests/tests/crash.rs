@@ -3,50 +3,14 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns may unwrap
 
-use std::path::Path;
 use std::time::Duration;
 
 use ferry_agent::sender::{Flow, OutgoingFile, send_batch};
-use ferry_common::link::{ClientLink, ClientLinkConfig};
 use ferry_common::protocol::*;
-use ferry_common::station::StationId;
 use ferry_tests::collector::TestCollector;
 use ferry_tests::pki::TestPki;
 use ferry_tests::process::{self, Process};
-
-async fn station(pki: &TestPki, name: &str, endpoint: &str) -> ClientLink {
-    let files = pki.station(name).unwrap();
-    let config = ClientLinkConfig {
-        station: StationId::new(name).unwrap(),
-        endpoints: vec![endpoint.to_owned()],
-        tls: pki.client_config(&files).unwrap(),
-        runtime_dir: pki.scratch("agent-run"),
-        connect_timeout: Duration::from_secs(5),
-        heartbeat: Duration::from_secs(1),
-        software: "crash test".into(),
-    };
-    ClientLink::connect(&config, endpoint).await.unwrap()
-}
-
-fn file(dir: &Path, rel: &str, content: &[u8]) -> OutgoingFile {
-    let abs = dir.join(rel);
-    std::fs::create_dir_all(abs.parent().unwrap()).unwrap();
-    std::fs::write(&abs, content).unwrap();
-    OutgoingFile {
-        root: "data".into(),
-        rel_path: rel.into(),
-        abs_path: abs,
-        size: content.len() as u64,
-        mtime_ns: 1,
-        sha256: None,
-    }
-}
-
-fn sha256(data: &[u8]) -> Sha256 {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
-    out
-}
+use ferry_tests::station::{connect, outgoing, sha256};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_collector_mid_transfer_loses_and_duplicates_nothing() {
@@ -70,14 +34,16 @@ async fn kill_9_of_the_collector_mid_transfer_loses_and_duplicates_nothing() {
     // Batch 1 is acknowledged before the crash.
     let acked: Vec<OutgoingFile> = (0..20)
         .map(|i| {
-            file(
+            outgoing(
                 &dir,
+                "data",
                 &format!("acked/{i:02}.bin"),
                 format!("acked file {i}").repeat(i + 1).as_bytes(),
             )
+            .unwrap()
         })
         .collect();
-    let mut link = station(&pki, "s1", &endpoint).await;
+    let mut link = connect(&pki, "s1", &endpoint).await.unwrap();
     let mut flow = Flow::default();
     let reports = send_batch(&mut link, &mut flow, 1, &acked).await.unwrap();
     assert!(
@@ -89,13 +55,13 @@ async fn kill_9_of_the_collector_mid_transfer_loses_and_duplicates_nothing() {
 
     // Batch 2 is cut: part of a large file is staged when the collector dies.
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
-    let cut = file(&dir, "cut/big.bin", &big);
+    let cut = outgoing(&dir, "data", "cut/big.bin", &big).unwrap();
     let offer = FileOffer {
         id: 0,
         root: cut.root.clone(),
         path: cut.rel_path.clone(),
         size: cut.size,
-        mtime_ns: 1,
+        mtime_ns: cut.mtime_ns,
         sha256: None,
     };
     link.send(Message::Offer(Offer {
@@ -124,7 +90,7 @@ async fn kill_9_of_the_collector_mid_transfer_loses_and_duplicates_nothing() {
     drop(link);
 
     let mut proc = start();
-    let mut link = station(&pki, "s1", &endpoint).await;
+    let mut link = connect(&pki, "s1", &endpoint).await.unwrap();
     let mut flow = Flow::default();
     // The agent does not know the acks of batch 1 were kept: it may resend.
     let again = send_batch(&mut link, &mut flow, 3, &acked).await.unwrap();

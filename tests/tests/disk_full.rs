@@ -16,6 +16,7 @@ use ferry_common::protocol::*;
 use ferry_common::station::StationId;
 use ferry_tests::collector::TestCollector;
 use ferry_tests::pki::TestPki;
+use ferry_tests::station::sha256;
 
 /// A tmpfs of fixed size, unmounted on drop.
 struct SmallFs(PathBuf);
@@ -40,12 +41,6 @@ impl Drop for SmallFs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
-}
-
-fn sha256(data: &[u8]) -> Sha256 {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
-    out
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
