@@ -60,6 +60,28 @@ pub fn station_id(settings: &Settings) -> Result<StationId, StartError> {
 
 type Shared = Arc<Mutex<Ledger>>;
 
+/// "The due set changed": a flag that cannot be missed (the sender checks it
+/// at every turn of its loop, whatever it was doing when the change came)
+/// and a wake-up for when it is idle.
+#[derive(Debug, Default)]
+struct DueSignal {
+    changed: std::sync::atomic::AtomicBool,
+    wake: Notify,
+}
+
+impl DueSignal {
+    fn mark(&self) {
+        self.changed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> bool {
+        self.changed
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 fn lock(ledger: &Shared) -> MutexGuard<'_, Ledger> {
     ledger.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -87,7 +109,7 @@ pub async fn run(
     };
     let ledger = Arc::new(Mutex::new(Ledger::open(&settings.ledger)?));
     import_legacy(&settings, &ledger);
-    let due_changed = Arc::new(Notify::new());
+    let due_changed = Arc::new(DueSignal::default());
     let settings = Arc::new(settings);
     let span = info_span!("agent", %station);
     info!(parent: &span, roots = settings.roots.len(), "agent running");
@@ -185,7 +207,7 @@ fn enter(
     ledger: &Shared,
     ready: Vec<Seen>,
     settler: &mut Settler,
-    due_changed: &Notify,
+    due_changed: &DueSignal,
 ) {
     let now = SystemTime::now();
     let mut observations = Vec::new();
@@ -206,7 +228,7 @@ fn enter(
     match result {
         Ok(observed) => {
             if observed.iter().any(|o| !matches!(o, Observed::Unchanged)) {
-                due_changed.notify_one();
+                due_changed.mark();
             }
         }
         Err(error) => warn!(%error, "ledger update failed"),
@@ -219,7 +241,7 @@ fn rescan(
     ledger: &Shared,
     only: Option<&[String]>,
     settler: &mut Settler,
-    due_changed: &Notify,
+    due_changed: &DueSignal,
 ) {
     let now = SystemTime::now();
     for root in &settings.roots {
@@ -255,7 +277,7 @@ fn rescan(
 async fn watch_roots(
     settings: Arc<Settings>,
     ledger: Shared,
-    due_changed: Arc<Notify>,
+    due_changed: Arc<DueSignal>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let (tx, mut events) = mpsc::unbounded_channel();
@@ -308,7 +330,7 @@ fn handle(
     ledger: &Shared,
     change: Change,
     settler: &mut Settler,
-    due_changed: &Notify,
+    due_changed: &DueSignal,
 ) {
     match change {
         Change::Rescan => {
@@ -353,7 +375,7 @@ fn handle(
             match tokio::task::block_in_place(|| lock(ledger).vanished(&root.name, rel)) {
                 Ok(Some(v)) => {
                     warn!(root = %v.root, path = %v.rel_path.display(), "file vanished before it was backed up");
-                    due_changed.notify_one();
+                    due_changed.mark();
                 }
                 Ok(None) => {}
                 Err(error) => warn!(%error, "ledger update failed"),
@@ -375,7 +397,7 @@ fn retry_after(attempts: u32, retryable: bool) -> Duration {
 async fn send_due(
     settings: Arc<Settings>,
     ledger: Shared,
-    due_changed: Arc<Notify>,
+    due_changed: Arc<DueSignal>,
     link_config: ClientLinkConfig,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -389,9 +411,13 @@ async fn send_due(
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     let mut dirty = true;
     let mut busy_logged = false;
+    let mut next_connect = tokio::time::Instant::now();
     loop {
         if *shutdown.borrow() {
             break;
+        }
+        if due_changed.take() {
+            dirty = true;
         }
         let now = SystemTime::now();
         let due = match tokio::task::block_in_place(|| {
@@ -408,7 +434,7 @@ async fn send_due(
                 let _ = h.lower();
             }
             tokio::select! {
-                () = due_changed.notified() => { dirty = true; }
+                () = due_changed.wake.notified() => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
@@ -461,27 +487,41 @@ async fn send_due(
             continue;
         }
         if link.is_none() {
-            // Not owning anything while the collector is away.
+            // Not owning anything while the collector is away; keep the
+            // loop turning so DUE_BACKUP follows the due set meanwhile.
             if let Some(h) = held.take() {
                 let _ = h.lower();
             }
             let mut state = status::read(&state_path);
             state.halted_by = None;
             state.connected = false;
-            status::write(&state_path, &state);
-            match ClientLink::connect_with_backoff(&link_config, &mut backoff, &mut shutdown).await
-            {
-                Some(l) => {
+            if tokio::time::Instant::now() < next_connect {
+                status::write(&state_path, &state);
+                tokio::select! {
+                    () = tokio::time::sleep_until(next_connect) => {}
+                    () = due_changed.wake.notified() => {}
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                }
+                continue;
+            }
+            match connect_once(&link_config).await {
+                Ok(l) => {
                     info!(collector = %l.addr, "connected");
                     state.connected = true;
                     state.collector = Some(l.addr.clone());
                     state.last_error = None;
-                    status::write(&state_path, &state);
                     link = Some(l);
                     flow = Flow::default();
+                    backoff.reset();
                 }
-                None => break,
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    debug!(?delay, "collector unreachable; retrying later");
+                    state.last_error = Some(error);
+                    next_connect = tokio::time::Instant::now() + delay;
+                }
             }
+            status::write(&state_path, &state);
             continue;
         }
         // Linger a little for a fuller batch.
@@ -560,6 +600,21 @@ async fn send_due(
     let mut state = status::read(&state_path);
     state.connected = false;
     status::write(&state_path, &state);
+}
+
+/// One attempt at each collector endpoint in turn.
+async fn connect_once(config: &ClientLinkConfig) -> Result<ClientLink, String> {
+    let mut last = String::from("no collector endpoint configured");
+    for addr in &config.endpoints {
+        match ClientLink::connect(config, addr).await {
+            Ok(link) => return Ok(link),
+            Err(error) => {
+                warn!(%addr, %error, "collector unreachable");
+                last = error.to_string();
+            }
+        }
+    }
+    Err(last)
 }
 
 fn write_due_list(

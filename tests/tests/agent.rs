@@ -159,10 +159,19 @@ async fn odd_names_travel_and_due_backup_stays_one_path_per_line() {
         lines, expected,
         "DUE_BACKUP must list the due set, sorted, one path per line"
     );
+    // While the collector stays away, DUE_BACKUP keeps following the due set.
+    let late = agent.write("late.bin", b"written while the collector is down");
+    let lines = eventually(WAIT, || {
+        let lines = agent.due_backup();
+        (lines.len() == names.len()).then_some(lines)
+    })
+    .await
+    .unwrap_or_else(|| panic!("DUE_BACKUP did not follow: {:?}", agent.due_backup()));
+    assert!(lines.contains(&late.to_string_lossy().into_owned()));
 
     collector.start().await.unwrap();
-    let files = stored(&collector, "s1", names.len()).await;
-    assert_eq!(files.len(), names.len());
+    let files = stored(&collector, "s1", names.len() + 1).await;
+    assert_eq!(files.len(), names.len() + 1);
     assert_eq!(
         std::fs::read(collector.repository().join("s1/data/line\nbreak.csv")).unwrap(),
         b"content 3"
@@ -177,11 +186,7 @@ async fn odd_names_travel_and_due_backup_stays_one_path_per_line() {
         .await
         .expect("DUE_BACKUP emptied after the acks");
     let done = std::fs::read_to_string(&agent.settings.legacy.backup_done).unwrap();
-    assert_eq!(
-        done.lines().count(),
-        names.len() - 1,
-        "BACKUP_DONE: {done:?}"
-    );
+    assert_eq!(done.lines().count(), names.len(), "BACKUP_DONE: {done:?}");
     agent.stop().unwrap();
     collector.stop().await;
 }
