@@ -461,3 +461,35 @@ async fn a_poll_mode_root_is_found_without_inotify_and_an_indexerd_list_is_impor
     agent.stop().unwrap();
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_validates_the_config_and_names_what_is_wrong() {
+    let pki = TestPki::new().unwrap();
+    let agent = TestAgent::new(&pki, "s1", "127.0.0.1:9", "").unwrap();
+    let bin = ferry_tests::process::binary("ferry-agent").unwrap();
+    let config = agent.config_path.to_string_lossy().into_owned();
+    let ok = ferry_tests::process::run(&bin, &["--check", "--config", &config]).unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("station s1"));
+
+    let text = std::fs::read_to_string(&agent.config_path).unwrap();
+    std::fs::write(&agent.config_path, format!("colour = \"blue\"\n{text}")).unwrap();
+    let bad = ferry_tests::process::run(&bin, &["--check", "--config", &config]).unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("colour") && stderr.contains("agent.toml"),
+        "{stderr}"
+    );
+
+    // A certificate for another station than the config names.
+    std::fs::write(&agent.config_path, format!("station = \"other\"\n{text}")).unwrap();
+    let mismatch = ferry_tests::process::run(&bin, &["--check", "--config", &config]).unwrap();
+    assert!(!mismatch.status.success());
+    let stderr = String::from_utf8_lossy(&mismatch.stderr);
+    assert!(stderr.contains("is for station s1"), "{stderr}");
+}

@@ -200,3 +200,32 @@ async fn bad_peers_get_clear_errors_while_a_good_station_keeps_sending() {
     );
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_station_is_refused_by_id_or_fingerprint() {
+    ferry_tests::init_logging();
+    let pki = TestPki::new().unwrap();
+    let mut collector = TestCollector::new(&pki, "").unwrap();
+    let by_fingerprint = pki.station("stolen").unwrap();
+    let pem = std::fs::read_to_string(&by_fingerprint.cert).unwrap();
+    let fingerprint = ferry_common::pki::inspect_pem(&pem)
+        .unwrap()
+        .sha256_fingerprint;
+    collector.settings.revoked = ["banned".to_owned(), fingerprint].into_iter().collect();
+    let endpoint = collector.start().await.unwrap();
+    for station in ["banned", "stolen"] {
+        let refused = ferry_tests::station::connect(&pki, station, &endpoint).await;
+        assert!(refused.is_err(), "{station} was admitted");
+    }
+    let mut good = ferry_tests::station::connect(&pki, "good", &endpoint)
+        .await
+        .unwrap();
+    good.send(Message::StatusQuery(StatusQuery {}))
+        .await
+        .unwrap();
+    assert!(matches!(
+        good.recv().await.unwrap(),
+        Message::StatusReply(_)
+    ));
+    collector.stop().await;
+}
