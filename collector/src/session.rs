@@ -13,9 +13,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferry_common::codec;
 use ferry_common::link::{Incoming, Peer, ServerLink, ServerSender, admit_hello, malformed};
 use ferry_common::protocol::*;
 use ferry_common::station::StationId;
@@ -46,7 +48,9 @@ pub struct Shared {
 }
 
 struct SessionHandle {
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::UnboundedSender<Message>,
+    /// Weight of the messages queued for the session and not yet handled.
+    queued: Arc<AtomicU64>,
     station: StationId,
 }
 
@@ -55,7 +59,10 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
     let sender = link.sender();
     let mut sessions: HashMap<Bytes, SessionHandle> = HashMap::new();
     let mut station_locks: HashMap<StationId, Arc<Mutex<()>>> = HashMap::new();
-    let depth = (shared.window / u64::from(shared.max_chunk.max(1))) as usize + 32;
+    // What a station may have queued here: its window of chunk data plus a
+    // couple of frames of anything else. Bytes, not messages, are what the
+    // window bounds (a window of small files is many messages).
+    let queue_limit = shared.window + 2 * codec::MAX_FRAME as u64;
     let mut sweep = tokio::time::interval(Duration::from_secs(2));
     loop {
         let Incoming { peer, frame } = tokio::select! {
@@ -76,25 +83,21 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
                 warn!(station = %peer.station, %error, "bad frame; disconnecting");
                 let _ = sender.send(&peer, Message::Error(malformed(&error))).await;
                 sessions.remove(&peer.identity);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                link.disconnect(&peer);
+                // Let the error frame go out first; never stall the others.
+                link.disconnect_later(&peer, Duration::from_millis(50));
                 continue;
             }
         };
         if let Some(handle) = sessions.get(&peer.identity) {
-            match handle.tx.try_send(message) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    warn!(station = %peer.station, "station exceeded its window; disconnecting");
-                    let error =
-                        ErrorFrame::new(ErrorCode::TooLarge, "flow-control window exceeded");
-                    let _ = sender.send(&peer, Message::Error(error)).await;
-                    sessions.remove(&peer.identity);
-                    link.disconnect(&peer);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    sessions.remove(&peer.identity);
-                }
+            let weight = weight(&message);
+            if handle.queued.fetch_add(weight, Ordering::SeqCst) + weight > queue_limit {
+                warn!(station = %peer.station, "station exceeded its window; disconnecting");
+                let error = ErrorFrame::new(ErrorCode::TooLarge, "flow-control window exceeded");
+                let _ = sender.send(&peer, Message::Error(error)).await;
+                sessions.remove(&peer.identity);
+                link.disconnect_later(&peer, Duration::from_millis(50));
+            } else if handle.tx.send(message).is_err() {
+                sessions.remove(&peer.identity);
             }
             continue;
         }
@@ -129,13 +132,20 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
             let _ = sender.send(&peer, Message::Error(error)).await;
             continue;
         }
-        let (tx, rx) = mpsc::channel(depth);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicU64::new(0));
         let lock = station_locks
             .entry(peer.station.clone())
             .or_default()
             .clone();
         let span = info_span!("session", station = %peer.station, session = %format!("{:016x}", hello.session));
-        let session = Session::new(peer.clone(), shared.clone(), sender.clone(), hello.session);
+        let session = Session::new(
+            peer.clone(),
+            shared.clone(),
+            sender.clone(),
+            hello.session,
+            queued.clone(),
+        );
         let welcome = Welcome {
             version,
             software: format!("ferry-collector {}", env!("CARGO_PKG_VERSION")),
@@ -158,6 +168,7 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
             peer.identity.clone(),
             SessionHandle {
                 tx,
+                queued,
                 station: peer.station.clone(),
             },
         );
@@ -188,10 +199,18 @@ struct Session {
     batches: HashMap<u64, Batch>,
     consumed: u64,
     credited: u64,
+    /// Shared with the dispatcher: weight of this session's queued messages.
+    queued: Arc<AtomicU64>,
 }
 
 impl Session {
-    fn new(peer: Peer, shared: Arc<Shared>, sender: ServerSender, session: u64) -> Self {
+    fn new(
+        peer: Peer,
+        shared: Arc<Shared>,
+        sender: ServerSender,
+        session: u64,
+        queued: Arc<AtomicU64>,
+    ) -> Self {
         Self {
             peer,
             shared,
@@ -202,6 +221,7 @@ impl Session {
             batches: HashMap::new(),
             consumed: 0,
             credited: 0,
+            queued,
         }
     }
 
@@ -209,9 +229,10 @@ impl Session {
         let _ = self.sender.send(&self.peer, message).await;
     }
 
-    async fn run(mut self, welcome: Welcome, mut rx: mpsc::Receiver<Message>) {
+    async fn run(mut self, welcome: Welcome, mut rx: mpsc::UnboundedReceiver<Message>) {
         self.send(Message::Welcome(welcome)).await;
         while let Some(message) = rx.recv().await {
+            self.queued.fetch_sub(weight(&message), Ordering::SeqCst);
             match message {
                 Message::Offer(offer) => self.offer(offer).await,
                 Message::Chunk(chunk) => self.chunk(chunk).await,
@@ -632,6 +653,23 @@ fn place_batch(
         }
     }
     results
+}
+
+/// What a queued message costs in memory, roughly: its payload, or a small
+/// constant for control messages.
+fn weight(message: &Message) -> u64 {
+    match message {
+        Message::Chunk(chunk) => chunk.data.len() as u64 + 64,
+        Message::Offer(offer) => {
+            offer
+                .files
+                .iter()
+                .map(|f| (f.root.len() + f.path.len()) as u64 + 64)
+                .sum::<u64>()
+                + 64
+        }
+        _ => 64,
+    }
 }
 
 fn now_ms() -> i64 {

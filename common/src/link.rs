@@ -490,6 +490,17 @@ impl ServerLink {
         self.connections.disconnect(&peer.identity)
     }
 
+    /// Ends the bridge connection of `peer` after `delay` (so that a last
+    /// error frame can leave first), without waiting for it.
+    pub fn disconnect_later(&self, peer: &Peer, delay: Duration) {
+        let connections = self.connections.clone();
+        let identity = peer.identity.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            connections.disconnect(&identity);
+        });
+    }
+
     /// Ends the bridge connection carrying `identity`.
     pub fn disconnect_identity(&self, identity: &[u8]) -> bool {
         self.connections.disconnect(identity)
