@@ -41,6 +41,9 @@ fn main() -> ExitCode {
 
 fn test(extra: &[String]) -> Result<()> {
     ensure_mariadb()?;
+    // The end-to-end tests run the real `ferry-agent` and `ferry-collector`
+    // binaries; build them (debug, as the tests are) before the tests start.
+    run(Command::new("cargo").args(["build", "--workspace", "--bins"]))?;
     let nextest = Command::new("cargo")
         .args(["nextest", "--version"])
         .output()
