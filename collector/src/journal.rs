@@ -31,6 +31,52 @@ pub struct Record {
     pub transfer: String,
 }
 
+impl Record {
+    /// Reads a record from SQLite columns `first..first + 8`, in the order
+    /// station, path, size, mtime_ns, sha256, stored_as, received_at,
+    /// transfer (the journal's and the SQLite catalog's layout).
+    pub(crate) fn from_sqlite_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
+        let sha: Vec<u8> = r.get(first + 4)?;
+        let sha256 = sha.try_into().map_err(|_| {
+            rusqlite::Error::FromSqlConversionFailure(
+                first + 4,
+                rusqlite::types::Type::Blob,
+                "sha256 is not 32 bytes".into(),
+            )
+        })?;
+        Ok(Record {
+            station: r.get(first)?,
+            path: r.get(first + 1)?,
+            size: r.get::<_, i64>(first + 2)? as u64,
+            mtime_ns: r.get(first + 3)?,
+            sha256,
+            stored_as: r.get(first + 5)?,
+            received_at: r.get(first + 6)?,
+            transfer: r.get(first + 7)?,
+        })
+    }
+}
+
+/// Runs the schema `steps` an SQLite database has not applied yet, each in
+/// its own transaction, tracking the version in `PRAGMA user_version`.
+/// Returns the version found when it is newer than this build knows.
+pub(crate) fn migrate_sqlite(
+    conn: &mut Connection,
+    steps: &[&str],
+) -> rusqlite::Result<Option<i64>> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > steps.len() as i64 {
+        return Ok(Some(version));
+    }
+    for (i, step) in steps.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(step)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        tx.commit()?;
+    }
+    Ok(None)
+}
+
 /// One station's files in the repository and records in the journal.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StationStats {
@@ -125,23 +171,12 @@ impl Journal {
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
         )
         .map_err(err)?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(err)?;
-        let known = SCHEMA.len() as i64;
-        if version > known {
+        if let Some(found) = migrate_sqlite(&mut conn, SCHEMA).map_err(err)? {
             return Err(JournalError::TooNew {
                 path: path.to_owned(),
-                found: version,
-                known,
+                found,
+                known: SCHEMA.len() as i64,
             });
-        }
-        for (i, step) in SCHEMA.iter().enumerate().skip(version as usize) {
-            let tx = conn.transaction().map_err(err)?;
-            tx.execute_batch(step).map_err(err)?;
-            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
-                .map_err(err)?;
-            tx.commit().map_err(err)?;
         }
         Ok(Self {
             path: path.to_owned(),
@@ -254,24 +289,7 @@ impl Journal {
             .map_err(self.err())?;
         let rows = stmt
             .query_map(params![after as i64, limit as i64], |r| {
-                let sha: Vec<u8> = r.get(5)?;
-                let mut sha256 = [0u8; 32];
-                if sha.len() == 32 {
-                    sha256.copy_from_slice(&sha);
-                }
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    Record {
-                        station: r.get(1)?,
-                        path: r.get(2)?,
-                        size: r.get::<_, i64>(3)? as u64,
-                        mtime_ns: r.get(4)?,
-                        sha256,
-                        stored_as: r.get(6)?,
-                        received_at: r.get(7)?,
-                        transfer: r.get(8)?,
-                    },
-                ))
+                Ok((r.get::<_, i64>(0)? as u64, Record::from_sqlite_row(r, 1)?))
             })
             .map_err(self.err())?;
         rows.collect::<Result<_, _>>().map_err(self.err())

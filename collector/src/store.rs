@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::journal::Record;
+use crate::journal::{Record, migrate_sqlite};
 
 pub mod mysql;
 
@@ -226,21 +226,7 @@ impl SqliteStore {
 }
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CatalogRow> {
-    let sha: Vec<u8> = r.get(4)?;
-    let mut sha256 = [0u8; 32];
-    if sha.len() == 32 {
-        sha256.copy_from_slice(&sha);
-    }
-    Ok(Record {
-        station: r.get(0)?,
-        path: r.get(1)?,
-        size: r.get::<_, i64>(2)? as u64,
-        mtime_ns: r.get(3)?,
-        sha256,
-        stored_as: r.get(5)?,
-        received_at: r.get(6)?,
-        transfer: r.get(7)?,
-    })
+    Record::from_sqlite_row(r, 0)
 }
 
 fn insert_sqlite(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<bool> {
@@ -284,26 +270,18 @@ impl CatalogStore for SqliteStore {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         let name = self.name.clone();
-        self.with(move |conn, err| {
-            let version: i64 = conn
-                .query_row("PRAGMA user_version", [], |r| r.get(0))
-                .map_err(err)?;
-            let known = SQLITE_SCHEMA.len() as i64;
-            if version > known {
-                return Err(StoreError::Other {
+        self.with(
+            move |conn, err| match migrate_sqlite(conn, SQLITE_SCHEMA).map_err(err)? {
+                Some(version) => Err(StoreError::Other {
                     catalog: name,
-                    reason: format!("schema version {version} is newer than this build's {known}"),
-                });
-            }
-            for (i, step) in SQLITE_SCHEMA.iter().enumerate().skip(version as usize) {
-                let tx = conn.transaction().map_err(err)?;
-                tx.execute_batch(step).map_err(err)?;
-                tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
-                    .map_err(err)?;
-                tx.commit().map_err(err)?;
-            }
-            Ok(())
-        })
+                    reason: format!(
+                        "schema version {version} is newer than this build's {}",
+                        SQLITE_SCHEMA.len()
+                    ),
+                }),
+                None => Ok(()),
+            },
+        )
         .await
     }
 
