@@ -597,6 +597,9 @@ async fn send_due(
     if let Some(h) = held.take() {
         let _ = h.lower();
     }
+    if let Some(link) = link.take() {
+        link.close().await;
+    }
     let mut state = status::read(&state_path);
     state.connected = false;
     status::write(&state_path, &state);

@@ -434,6 +434,16 @@ pub struct Tunnel {
     _dir: PrivateDir,
 }
 
+impl Tunnel {
+    /// Waits (up to `grace`) for the tunnel to end by itself: once the local
+    /// socket has closed, it ends the TLS session with a close_notify, so the
+    /// collector sees an orderly goodbye rather than a cut connection.
+    pub async fn finish(self, grace: Duration) {
+        let mut closed = self.closed.clone();
+        let _ = tokio::time::timeout(grace, closed.wait_for(Option::is_some)).await;
+    }
+}
+
 impl Drop for Tunnel {
     fn drop(&mut self) {
         self.task.abort();

@@ -84,12 +84,15 @@ pub struct ClientLink {
     tx: mpsc::Sender<Message>,
     rx: mpsc::Receiver<Message>,
     ended: watch::Receiver<Option<String>>,
-    task: tokio::task::JoinHandle<()>,
+    /// The task owning the socket; taken by [`ClientLink::close`].
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for ClientLink {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -198,7 +201,7 @@ impl ClientLink {
             tx: out_tx,
             rx: in_rx,
             ended,
-            task,
+            task: Some(task),
         })
     }
 
@@ -227,6 +230,25 @@ impl ClientLink {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return None,
+            }
+        }
+    }
+
+    /// Ends the session in an orderly way (TLS close_notify), waiting at
+    /// most a couple of seconds; messages still queued are dropped.
+    pub async fn close(mut self) {
+        let task = self.task.take();
+        // Dropping the link drops its sending half: the task sees the end of
+        // its queue, closes the DEALER and then the tunnel.
+        drop(self);
+        if let Some(mut task) = task {
+            // A `ClientSender` still alive keeps the queue open: then stop
+            // waiting and end the task the hard way.
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
             }
         }
     }
@@ -279,6 +301,20 @@ async fn client_task(
     dealer: zeromq::DealerSocket,
     tunnel: Tunnel,
     mut outgoing: mpsc::Receiver<Message>,
+    incoming: mpsc::Sender<Message>,
+    heartbeat: Duration,
+) -> String {
+    let reason = client_loop(dealer, &tunnel, &mut outgoing, incoming, heartbeat).await;
+    // The DEALER is gone, so the tunnel's local side has closed: give it a
+    // moment to say goodbye over TLS.
+    tunnel.finish(Duration::from_secs(1)).await;
+    reason
+}
+
+async fn client_loop(
+    dealer: zeromq::DealerSocket,
+    tunnel: &Tunnel,
+    outgoing: &mut mpsc::Receiver<Message>,
     incoming: mpsc::Sender<Message>,
     heartbeat: Duration,
 ) -> String {

@@ -447,3 +447,40 @@ async fn a_silent_collector_is_declared_dead_by_heartbeat() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_whose_local_side_closes_says_goodbye_over_tls() {
+    use tokio::io::AsyncWriteExt as _;
+    ferry_tests::init_logging();
+    let pki = TestPki::new().unwrap();
+    let listener = tokio::net::TcpListener::bind(ANY_PORT).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config().unwrap());
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut received = Vec::new();
+        // A close_notify makes this Ok; a cut connection is an error.
+        tls.read_to_end(&mut received).await.map(|_| received)
+    });
+    let files = pki.station("s1").unwrap();
+    let tls = bridge::dial(
+        &format!("127.0.0.1:{}", addr.port()),
+        pki.client_config(&files).unwrap(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let tunnel = bridge::open_tunnel(tls, &pki.scratch("run"), Duration::from_secs(5)).unwrap();
+    let path = tunnel.endpoint.trim_start_matches("ipc://").to_owned();
+    let mut local = tokio::net::UnixStream::connect(&path).await.unwrap();
+    local.write_all(b"last words").await.unwrap();
+    drop(local);
+    tunnel.finish(Duration::from_secs(5)).await;
+    let received = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the TLS session ended without close_notify");
+    assert_eq!(received, b"last words");
+}
