@@ -484,3 +484,27 @@ async fn a_tunnel_whose_local_side_closes_says_goodbye_over_tls() {
         .expect("the TLS session ended without close_notify");
     assert_eq!(received, b"last words");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_fails_over_to_the_next_collector_endpoint() {
+    ferry_tests::init_logging();
+    let pki = TestPki::new().unwrap();
+    let receiver = Receiver::start(&pki, ANY_PORT.parse().unwrap(), HEARTBEAT)
+        .await
+        .unwrap();
+    let dead = ferry_tests::process::free_port().unwrap().to_string();
+    let files = pki.station("s1").unwrap();
+    let mut config = config(&pki, "s1", &files, &dead);
+    config.endpoints.push(receiver.endpoint());
+    let (_stop, mut stop) = tokio::sync::watch::channel(false);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(200));
+    let mut link = tokio::time::timeout(
+        Duration::from_secs(10),
+        ClientLink::connect_with_backoff(&config, &mut backoff, &mut stop),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(link.addr, receiver.endpoint());
+    still_answers(&mut link, "s1").await;
+}
