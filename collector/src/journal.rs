@@ -32,6 +32,24 @@ pub struct Record {
 }
 
 impl Record {
+    /// Executes `insert`, a statement whose eight parameters are the columns
+    /// [`Record::from_sqlite_row`] reads, in the same order.
+    pub(crate) fn insert_with(
+        &self,
+        insert: &mut rusqlite::CachedStatement<'_>,
+    ) -> rusqlite::Result<usize> {
+        insert.execute(params![
+            self.station,
+            self.path,
+            self.size as i64,
+            self.mtime_ns,
+            &self.sha256[..],
+            self.stored_as,
+            self.received_at,
+            self.transfer
+        ])
+    }
+
     /// Reads a record from SQLite columns `first..first + 8`, in the order
     /// station, path, size, mtime_ns, sha256, stored_as, received_at,
     /// transfer (the journal's and the SQLite catalog's layout).
@@ -214,18 +232,7 @@ impl Journal {
                 )
                 .map_err(self.err())?;
             for r in records {
-                insert
-                    .execute(params![
-                        r.station,
-                        r.path,
-                        r.size as i64,
-                        r.mtime_ns,
-                        &r.sha256[..],
-                        r.stored_as,
-                        r.received_at,
-                        r.transfer
-                    ])
-                    .map_err(self.err())?;
+                r.insert_with(&mut insert).map_err(self.err())?;
                 index
                     .execute(params![
                         r.station,

@@ -230,21 +230,10 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CatalogRow> {
 }
 
 fn insert_sqlite(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<bool> {
-    let inserted = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO files (station, path, size, mtime_ns, sha256, stored_as, received_at, transfer)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?
-        .execute(params![
-            r.station,
-            r.path,
-            r.size as i64,
-            r.mtime_ns,
-            &r.sha256[..],
-            r.stored_as,
-            r.received_at,
-            r.transfer
-        ])?;
+    let inserted = r.insert_with(&mut tx.prepare_cached(
+        "INSERT OR IGNORE INTO files (station, path, size, mtime_ns, sha256, stored_as, received_at, transfer)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?)?;
     if inserted == 0 {
         return Ok(false);
     }
