@@ -60,3 +60,48 @@ pub fn sha256(data: &[u8]) -> Sha256 {
     out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
     out
 }
+
+/// Offers `file` alone as `batch` and sends only its first `chunks` chunks
+/// of `chunk` bytes, then waits until the collector has written them (a
+/// status answer comes after every earlier message was handled): a transfer
+/// cut in the middle.
+pub async fn send_partial(
+    link: &mut ClientLink,
+    batch: u64,
+    file: &OutgoingFile,
+    chunks: usize,
+    chunk: usize,
+) -> anyhow::Result<()> {
+    use ferry_common::protocol::{Chunk, FileOffer, Message, Offer, StatusQuery};
+    let offer = FileOffer {
+        id: 0,
+        root: file.root.clone(),
+        path: file.rel_path.clone(),
+        size: file.size,
+        mtime_ns: file.mtime_ns,
+        sha256: None,
+    };
+    link.send(Message::Offer(Offer {
+        batch,
+        files: vec![offer],
+    }))
+    .await?;
+    anyhow::ensure!(
+        matches!(link.recv().await?, Message::OfferReply(_)),
+        "no offer reply"
+    );
+    let content = std::fs::read(&file.abs_path)?;
+    for (i, data) in content.chunks(chunk).take(chunks).enumerate() {
+        let offset = (i * chunk) as u64;
+        link.send(Message::Chunk(Chunk {
+            batch,
+            file: 0,
+            offset,
+            data: data.to_vec(),
+        }))
+        .await?;
+    }
+    link.send(Message::StatusQuery(StatusQuery {})).await?;
+    while !matches!(link.recv().await?, Message::StatusReply(_)) {}
+    Ok(())
+}

@@ -8,7 +8,7 @@ use ferry_agent::sender::{Flow, OutgoingFile, send_batch};
 use ferry_common::protocol::*;
 use ferry_tests::collector::TestCollector;
 use ferry_tests::pki::TestPki;
-use ferry_tests::station::{connect, outgoing, sha256};
+use ferry_tests::station::{connect, outgoing, send_partial, sha256};
 
 fn stored_as(outcome: &Outcome) -> &str {
     match outcome {
@@ -215,42 +215,7 @@ async fn a_cut_transfer_resumes_from_the_staged_offset_after_a_collector_restart
 
     // Send the first 5 chunks by hand, then the collector goes away.
     let mut link = connect(&pki, "s1", &endpoint).await.unwrap();
-    let offer = FileOffer {
-        id: 0,
-        root: f.root.clone(),
-        path: f.rel_path.clone(),
-        size: f.size,
-        mtime_ns: f.mtime_ns,
-        sha256: None,
-    };
-    link.send(Message::Offer(Offer {
-        batch: 1,
-        files: vec![offer],
-    }))
-    .await
-    .unwrap();
-    assert!(matches!(link.recv().await.unwrap(), Message::OfferReply(_)));
-    for i in 0..5u64 {
-        let at = (i * 65536) as usize;
-        let data = content[at..at + 65536].to_vec();
-        link.send(Message::Chunk(Chunk {
-            batch: 1,
-            file: 0,
-            offset: at as u64,
-            data,
-        }))
-        .await
-        .unwrap();
-    }
-    link.send(Message::StatusQuery(StatusQuery {}))
-        .await
-        .unwrap();
-    loop {
-        // The status answer comes after the chunks were written.
-        if let Message::StatusReply(_) = link.recv().await.unwrap() {
-            break;
-        }
-    }
+    send_partial(&mut link, 1, &f, 5, 65536).await.unwrap();
     collector.stop().await;
     drop(link);
     collector.start().await.unwrap();

@@ -10,7 +10,7 @@ use ferry_common::protocol::*;
 use ferry_tests::collector::TestCollector;
 use ferry_tests::pki::TestPki;
 use ferry_tests::process::{self, Process};
-use ferry_tests::station::{connect, outgoing, sha256};
+use ferry_tests::station::{connect, outgoing, send_partial, sha256};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_collector_mid_transfer_loses_and_duplicates_nothing() {
@@ -56,36 +56,7 @@ async fn kill_9_of_the_collector_mid_transfer_loses_and_duplicates_nothing() {
     // Batch 2 is cut: part of a large file is staged when the collector dies.
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
     let cut = outgoing(&dir, "data", "cut/big.bin", &big).unwrap();
-    let offer = FileOffer {
-        id: 0,
-        root: cut.root.clone(),
-        path: cut.rel_path.clone(),
-        size: cut.size,
-        mtime_ns: cut.mtime_ns,
-        sha256: None,
-    };
-    link.send(Message::Offer(Offer {
-        batch: 2,
-        files: vec![offer],
-    }))
-    .await
-    .unwrap();
-    assert!(matches!(link.recv().await.unwrap(), Message::OfferReply(_)));
-    for i in 0..10usize {
-        let data = big[i * 65536..(i + 1) * 65536].to_vec();
-        link.send(Message::Chunk(Chunk {
-            batch: 2,
-            file: 0,
-            offset: (i * 65536) as u64,
-            data,
-        }))
-        .await
-        .unwrap();
-    }
-    link.send(Message::StatusQuery(StatusQuery {}))
-        .await
-        .unwrap();
-    while !matches!(link.recv().await.unwrap(), Message::StatusReply(_)) {}
+    send_partial(&mut link, 2, &cut, 10, 65536).await.unwrap();
     proc.kill9();
     drop(link);
 
