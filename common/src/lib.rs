@@ -5,10 +5,14 @@
 pub mod backoff;
 pub mod bridge;
 pub mod codec;
+pub mod http;
 pub mod json;
 pub mod link;
+pub mod logging;
+pub mod metrics;
 pub mod pki;
 pub mod protocol;
+pub mod readiness;
 pub mod station;
 pub mod tls;
 pub mod zmtp;

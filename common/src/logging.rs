@@ -1,0 +1,123 @@
+//! The daemons' log set-up: `tracing` lines on stderr, filtered by
+//! `$FERRY_LOG` (default `info`), coloured only on a terminal, and shaped
+//! for the systemd journal when stderr is one (no timestamp of our own, a
+//! `<N>` syslog priority prefix so `journalctl -p warning` works).
+
+use std::io::{self, IsTerminal};
+
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Installs the global subscriber (once; later calls do nothing).
+pub fn init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal());
+    if stderr_is_journal() {
+        let format = tracing_subscriber::fmt::format().without_time();
+        let _ = builder.event_format(Priority(format)).try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+/// Whether stderr is connected to the systemd journal: `$JOURNAL_STREAM`
+/// names the device and inode of stderr's socket.
+pub fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    // The magic link leads to stderr's own socket, whose stat we compare.
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    use std::os::unix::fs::MetadataExt;
+    dev.parse::<u64>().ok() == Some(meta.dev()) && ino.parse::<u64>().ok() == Some(meta.ino())
+}
+
+/// The syslog priority the journal reads from a `<N>` line prefix.
+pub fn priority(level: &Level) -> u8 {
+    match *level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+/// Wraps an event format with the journal's priority prefix.
+#[derive(Debug)]
+struct Priority<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for Priority<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", priority(event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_map_to_syslog_priorities() {
+        assert_eq!(priority(&Level::ERROR), 3);
+        assert_eq!(priority(&Level::WARN), 4);
+        assert_eq!(priority(&Level::INFO), 6);
+        assert_eq!(priority(&Level::DEBUG), 7);
+        assert_eq!(priority(&Level::TRACE), 7);
+    }
+
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn journal_lines_start_with_their_priority_and_carry_no_time() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .event_format(Priority(tracing_subscriber::fmt::format().without_time()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(station = "s1", "link lost");
+            tracing::info!("batch acknowledged");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].starts_with("<4> WARN"), "{text}");
+        assert!(lines[0].contains("station=\"s1\""), "{text}");
+        assert!(lines[1].starts_with("<6> INFO"), "{text}");
+    }
+}

@@ -1,0 +1,472 @@
+//! Prometheus metrics, by hand: the text exposition format 0.0.4 (what
+//! `GET /metrics` answers and the node_exporter textfile collector reads),
+//! the atomically replaced textfile, and the `[metrics]` table both daemons
+//! share in their configuration.
+//!
+//! Each daemon keeps its counters in a struct of atomics and renders them
+//! here with [`Exposition`]; no metrics library is needed for a few dozen
+//! lines of text.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The `Content-Type` of the exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The kind of a metric family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (restarts from zero when the process does).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+/// Exposition text under construction: families, each with its `# HELP`
+/// and `# TYPE` lines followed by its samples.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    text: String,
+    family: String,
+}
+
+impl Exposition {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts the family `name` (whose samples follow).
+    pub fn family(&mut self, name: &str, kind: Kind, help: &str) -> &mut Self {
+        debug_assert!(valid_name(name), "{name}");
+        let kind = match kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+        self.family = name.to_owned();
+        self
+    }
+
+    /// A sample of the current family with `labels` (name, value) pairs.
+    pub fn sample(&mut self, labels: &[(&str, &str)], value: impl Into<f64>) -> &mut Self {
+        self.text.push_str(&self.family);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (name, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{name}=\"{}\"", escape_label(value));
+            }
+            self.text.push('}');
+        }
+        let value: f64 = value.into();
+        let _ = writeln!(self.text, " {}", number(value));
+        self
+    }
+
+    /// A family with one unlabelled sample.
+    pub fn single(&mut self, name: &str, kind: Kind, help: &str, value: impl Into<f64>) {
+        self.family(name, kind, help).sample(&[], value);
+    }
+
+    /// A counter from an integer (kept exact up to 2^53).
+    pub fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.single(name, Kind::Counter, help, value as f64);
+    }
+
+    /// A gauge from an integer.
+    pub fn gauge(&mut self, name: &str, help: &str, value: u64) {
+        self.single(name, Kind::Gauge, help, value as f64);
+    }
+
+    /// The finished text.
+    pub fn finish(self) -> String {
+        self.text
+    }
+}
+
+/// A sample value as the format writes it.
+fn number(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value.is_infinite() {
+        if value > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{}", value as i64)
+    } else {
+        format!("{value}")
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn escape_help(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn escape_label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Why the textfile could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics textfile {}: {source}", path.display())]
+pub struct TextfileError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Replaces `path` with `text` atomically: a hidden temporary file in the
+/// same directory (not ending in `.prom`, so a collector never reads it
+/// half-written), synced, then renamed over `path`.
+pub fn write_textfile(path: &Path, text: &str) -> Result<(), TextfileError> {
+    let err = |source| TextfileError {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = std::fs::File::create(&tmp).and_then(|mut file| {
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    });
+    if let Err(error) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(error));
+    }
+    Ok(())
+}
+
+/// Rewrites `path` with `render()`'s text now and every `interval` until
+/// `shutdown` turns true, and once more then (so the file ends with the
+/// final counts). Failures are logged, once per streak.
+pub async fn keep_textfile<R, F>(
+    path: PathBuf,
+    interval: Duration,
+    render: R,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) where
+    R: Fn() -> F,
+    F: Future<Output = String>,
+{
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        let stop = tokio::select! {
+            _ = ticks.tick() => false,
+            _ = shutdown.wait_for(|stop| *stop) => true,
+        };
+        let text = render().await;
+        let path = path.clone();
+        let written = tokio::task::spawn_blocking(move || write_textfile(&path, &text)).await;
+        match written {
+            Ok(Ok(())) => failing = false,
+            Ok(Err(error)) => {
+                if !failing {
+                    tracing::warn!(%error, "metrics textfile not written");
+                }
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+/// `[metrics]` as written in either daemon's configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Address of an HTTP listener answering `GET /metrics`, e.g.
+    /// "127.0.0.1:9477" (default: none).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// File the node_exporter textfile collector reads, rewritten
+    /// atomically (default: none).
+    #[serde(default)]
+    pub textfile: Option<PathBuf>,
+    /// Seconds between rewrites of `textfile` (default 15).
+    #[serde(default = "default_textfile_interval_secs")]
+    pub textfile_interval_secs: u64,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            textfile: None,
+            textfile_interval_secs: default_textfile_interval_secs(),
+        }
+    }
+}
+
+fn default_textfile_interval_secs() -> u64 {
+    15
+}
+
+/// Where a daemon exposes its metrics; both ways are off by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// HTTP listener for `GET /metrics`.
+    pub listen: Option<SocketAddr>,
+    /// The node_exporter textfile, as written (the daemon resolves or
+    /// checks the path).
+    pub textfile: Option<PathBuf>,
+    /// How often the textfile is rewritten.
+    pub textfile_interval: Duration,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            textfile: None,
+            textfile_interval: Duration::from_secs(default_textfile_interval_secs()),
+        }
+    }
+}
+
+impl RawMetrics {
+    /// Checks the table; an error names the key (below `metrics.`) and the
+    /// reason. An empty `listen` means no listener.
+    pub fn validate(self) -> Result<MetricsSettings, (&'static str, String)> {
+        let listen = match self.listen.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|e| {
+                (
+                    "listen",
+                    format!("{text:?} is not an address:port such as \"127.0.0.1:9477\" ({e})"),
+                )
+            })?),
+        };
+        let textfile = match self.textfile {
+            Some(path) if path.as_os_str().is_empty() => None,
+            Some(path) => {
+                if path.file_name().is_none_or(|n| n == "." || n == "..") {
+                    return Err(("textfile", format!("{} is not a file name", path.display())));
+                }
+                if path.extension().is_none_or(|e| e != "prom") {
+                    return Err((
+                        "textfile",
+                        format!(
+                            "{} must end in .prom (the textfile collector reads only those)",
+                            path.display()
+                        ),
+                    ));
+                }
+                Some(path)
+            }
+            None => None,
+        };
+        if self.textfile_interval_secs == 0 {
+            return Err(("textfile_interval_secs", "must be greater than 0".into()));
+        }
+        Ok(MetricsSettings {
+            listen,
+            textfile,
+            textfile_interval: Duration::from_secs(self.textfile_interval_secs),
+        })
+    }
+}
+
+/// Checks that `text` is well-formed exposition text: every line a
+/// `# HELP`/`# TYPE` comment or `name{labels} value`; returns the samples
+/// as (`name{labels}`, value). For tests of both daemons.
+pub fn parse(text: &str) -> Result<Vec<(String, f64)>, String> {
+    let mut samples = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let bad = |why: &str| format!("line {}: {why}: {line:?}", i + 1);
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut words = comment.splitn(3, ' ');
+            match (words.next(), words.next()) {
+                (Some("HELP" | "TYPE"), Some(name)) if valid_name(name) => continue,
+                _ => return Err(bad("malformed comment")),
+            }
+        }
+        let (series, value) = line.rsplit_once(' ').ok_or_else(|| bad("no value"))?;
+        let name = series.split('{').next().unwrap_or_default();
+        if !valid_name(name) {
+            return Err(bad("bad metric name"));
+        }
+        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+            let inner = labels
+                .strip_prefix('{')
+                .and_then(|l| l.strip_suffix('}'))
+                .ok_or_else(|| bad("bad label braces"))?;
+            if !labels_ok(inner) {
+                return Err(bad("bad labels"));
+            }
+        }
+        let value = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            v => v.parse::<f64>().map_err(|_| bad("bad value"))?,
+        };
+        samples.push((series.to_owned(), value));
+    }
+    Ok(samples)
+}
+
+/// `name="value",...` with escaped values.
+fn labels_ok(mut s: &str) -> bool {
+    while !s.is_empty() {
+        let Some((name, rest)) = s.split_once("=\"") else {
+            return false;
+        };
+        if !valid_name(name) || name.contains(':') {
+            return false;
+        }
+        let mut chars = rest.char_indices();
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if !matches!(chars.next(), Some((_, '\\' | '"' | 'n'))) {
+                        return false;
+                    }
+                }
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                '\n' => return false,
+                _ => {}
+            }
+        }
+        let Some(end) = end else {
+            return false;
+        };
+        s = &rest[end + 1..];
+        if let Some(next) = s.strip_prefix(',') {
+            s = next;
+        } else if !s.is_empty() {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_render_with_help_type_and_escaped_labels() {
+        let mut e = Exposition::new();
+        e.counter("ferry_x_total", "Things\nthat \\ happened", 3);
+        e.family("ferry_lag", Kind::Gauge, "Lag")
+            .sample(&[("catalog", "primary")], 0.0)
+            .sample(&[("catalog", "a\"b\\c\nd")], 1.5);
+        let text = e.finish();
+        assert_eq!(
+            text,
+            "# HELP ferry_x_total Things\\nthat \\\\ happened\n\
+             # TYPE ferry_x_total counter\n\
+             ferry_x_total 3\n\
+             # HELP ferry_lag Lag\n\
+             # TYPE ferry_lag gauge\n\
+             ferry_lag{catalog=\"primary\"} 0\n\
+             ferry_lag{catalog=\"a\\\"b\\\\c\\nd\"} 1.5\n"
+        );
+        let samples = parse(&text).unwrap();
+        assert_eq!(samples.len(), 3);
+        assert_eq!(samples[0], ("ferry_x_total".to_owned(), 3.0));
+        assert_eq!(samples[2].1, 1.5);
+    }
+
+    #[test]
+    fn the_parser_refuses_what_a_scraper_would() {
+        for bad in [
+            "ferry_x",
+            "ferry x 1",
+            "9ferry 1",
+            "ferry{a=\"1\" 1",
+            "ferry{a=1} 1",
+            "ferry{a=\"\\q\"} 1",
+            "ferry 1e",
+            "# NOTE something",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse("ferry{a=\"x,y\",b=\"\"} +Inf\n\n").is_ok());
+    }
+
+    #[test]
+    fn large_and_fractional_values_keep_their_meaning() {
+        assert_eq!(number(0.0), "0");
+        assert_eq!(number(1e18), "1000000000000000000");
+        assert_eq!(number(0.25), "0.25");
+        assert_eq!(number(f64::NAN), "NaN");
+    }
+
+    #[test]
+    fn the_textfile_is_replaced_whole_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.prom");
+        write_textfile(&path, "a 1\n").unwrap();
+        write_textfile(&path, "a 2\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a 2\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("ferry.prom")]);
+        let missing = dir.path().join("no/such/dir/ferry.prom");
+        assert!(write_textfile(&missing, "a 1\n").is_err());
+    }
+
+    #[test]
+    fn the_metrics_table_is_off_by_default_and_checked() {
+        let off = RawMetrics::default().validate().unwrap();
+        assert_eq!(off, MetricsSettings::default());
+        assert_eq!(off.textfile_interval, Duration::from_secs(15));
+        let raw = |listen: &str, textfile: &str, secs: u64| RawMetrics {
+            listen: Some(listen.into()),
+            textfile: Some(textfile.into()),
+            textfile_interval_secs: secs,
+        };
+        let on = raw("127.0.0.1:9477", "/var/lib/x/ferry.prom", 5)
+            .validate()
+            .unwrap();
+        assert_eq!(on.listen, Some("127.0.0.1:9477".parse().unwrap()));
+        assert_eq!(on.textfile_interval, Duration::from_secs(5));
+        assert_eq!(raw("", "", 1).validate().unwrap().listen, None);
+        assert_eq!(raw("localhost", "", 1).validate().unwrap_err().0, "listen");
+        assert_eq!(
+            raw("", "/x/ferry.txt", 1).validate().unwrap_err().0,
+            "textfile"
+        );
+        assert_eq!(
+            raw("", "", 0).validate().unwrap_err().0,
+            "textfile_interval_secs"
+        );
+    }
+}
