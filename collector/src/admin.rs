@@ -49,7 +49,16 @@ pub fn status(
     station: Option<&str>,
     now_ms: i64,
 ) -> Result<Vec<StationStatus>, AdminError> {
-    let journal = journal(settings)?;
+    status_of(&journal(settings)?, station, now_ms)
+}
+
+/// Status of every station (or one) from an open journal (the running
+/// collector's status endpoint uses its own connection).
+pub fn status_of(
+    journal: &Journal,
+    station: Option<&str>,
+    now_ms: i64,
+) -> Result<Vec<StationStatus>, AdminError> {
     let stations = match station {
         Some(s) => vec![s.to_owned()],
         None => journal.stations()?,
@@ -96,23 +105,24 @@ pub fn status_text(rows: &[StationStatus]) -> String {
 
 /// Status as JSON: an object per station with the legacy keys.
 pub fn status_json(rows: &[StationStatus]) -> String {
-    let items: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            format!(
-                "{{\"station\":{},\"host_files\":{},\"bytes\":{},\"pending_backup\":{},\"pending_primary\":{},\"pending_backup_catalog\":{},\"backup_error\":{},\"last_backup\":{}}}",
-                ferry_common::json::string(&r.station),
-                r.host_files,
-                r.bytes,
-                r.pending_backup,
-                r.pending_primary,
-                r.pending_backup_catalog,
-                r.backup_error,
-                r.last_backup.map_or_else(|| "null".to_owned(), |s| s.to_string())
-            )
-        })
-        .collect();
+    let items: Vec<String> = rows.iter().map(station_json).collect();
     format!("[{}]\n", items.join(","))
+}
+
+/// One station's status as a JSON object (an element of [`status_json`]).
+pub fn station_json(r: &StationStatus) -> String {
+    format!(
+        "{{\"station\":{},\"host_files\":{},\"bytes\":{},\"pending_backup\":{},\"pending_primary\":{},\"pending_backup_catalog\":{},\"backup_error\":{},\"last_backup\":{}}}",
+        ferry_common::json::string(&r.station),
+        r.host_files,
+        r.bytes,
+        r.pending_backup,
+        r.pending_primary,
+        r.pending_backup_catalog,
+        r.backup_error,
+        r.last_backup
+            .map_or_else(|| "null".to_owned(), |s| s.to_string())
+    )
 }
 
 /// Runs reconcile between the configured catalogs.

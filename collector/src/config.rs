@@ -9,7 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferry_common::codec::MAX_FRAME;
+use ferry_common::metrics::{MetricsSettings, RawMetrics};
 use serde::Deserialize;
+
+/// Where the status endpoint listens unless configured otherwise: loopback
+/// only, so it is on by default yet reachable only from the host.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7451";
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -34,6 +39,34 @@ struct RawConfig {
     /// Resource limits.
     #[serde(default)]
     limits: RawLimits,
+    /// The read-only HTTP endpoint (status, health, metrics).
+    #[serde(default)]
+    http: RawHttp,
+    /// Prometheus metrics besides the HTTP endpoint's `/metrics`.
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    /// Address of the read-only HTTP endpoint serving `/status`,
+    /// `/status/<station>`, `/healthz` and `/metrics` (default
+    /// "127.0.0.1:7451"); an empty string turns it off.
+    #[serde(default = "default_http_listen")]
+    listen: String,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self {
+            listen: default_http_listen(),
+        }
+    }
+}
+
+fn default_http_listen() -> String {
+    DEFAULT_HTTP_LISTEN.to_owned()
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +181,10 @@ pub struct Settings {
     pub heartbeat: Duration,
     pub handshake_timeout: Duration,
     pub reserve: u64,
+    /// The status endpoint's address; `None` when turned off.
+    pub http_listen: Option<SocketAddr>,
+    /// Metrics listener and textfile (its path resolved like the others).
+    pub metrics: MetricsSettings,
 }
 
 /// Why a configuration is refused.
@@ -269,6 +306,30 @@ pub fn parse(text: &str, origin: &Path) -> Result<Settings, ConfigError> {
             "heartbeat_secs, handshake_timeout_secs and max_sessions must be positive".into(),
         ));
     }
+    let http_listen = match raw.http.listen.trim() {
+        "" => None,
+        text => Some(text.parse::<SocketAddr>().map_err(|e| {
+            invalid(
+                "http.listen",
+                format!("{text:?} is not an address:port such as \"127.0.0.1:7451\" ({e})"),
+            )
+        })?),
+    };
+    let mut metrics = raw.metrics.validate().map_err(|(key, message)| {
+        let key = match key {
+            "listen" => "metrics.listen",
+            "textfile" => "metrics.textfile",
+            _ => "metrics.textfile_interval_secs",
+        };
+        invalid(key, message)
+    })?;
+    metrics.textfile = metrics.textfile.as_deref().map(resolve);
+    if metrics.listen.is_some() && metrics.listen == http_listen {
+        return Err(invalid(
+            "metrics.listen",
+            "is http.listen, which serves /metrics already; leave metrics.listen out".into(),
+        ));
+    }
     Ok(Settings {
         listen,
         repository: resolve(&raw.repository),
@@ -286,6 +347,8 @@ pub fn parse(text: &str, origin: &Path) -> Result<Settings, ConfigError> {
         heartbeat: Duration::from_secs(l.heartbeat_secs),
         handshake_timeout: Duration::from_secs(l.handshake_timeout_secs),
         reserve: l.reserve_bytes,
+        http_listen,
+        metrics,
     })
 }
 
@@ -304,6 +367,35 @@ mod tests {
             settings.primary,
             CatalogUrl::Sqlite("/var/lib/ferry/collector/catalog-primary.sqlite".into())
         );
+        assert_eq!(
+            settings.http_listen,
+            Some(DEFAULT_HTTP_LISTEN.parse().unwrap())
+        );
+        assert_eq!(settings.metrics, MetricsSettings::default());
+    }
+
+    #[test]
+    fn the_status_endpoint_is_on_loopback_by_default_and_can_be_turned_off() {
+        let origin = Path::new("/srv/ferry/collector.toml");
+        let s = parse(&minimal(""), origin).unwrap();
+        assert_eq!(s.http_listen, Some("127.0.0.1:7451".parse().unwrap()));
+        assert_eq!(s.metrics.listen, None);
+        assert_eq!(s.metrics.textfile, None);
+        let off = parse(&minimal("[http]\nlisten = \"\""), origin).unwrap();
+        assert_eq!(off.http_listen, None);
+        let on = parse(
+            &minimal(
+                "[metrics]\nlisten = \"127.0.0.1:9478\"\ntextfile = \"prom/ferry-collector.prom\"\ntextfile_interval_secs = 5",
+            ),
+            origin,
+        )
+        .unwrap();
+        assert_eq!(on.metrics.listen, Some("127.0.0.1:9478".parse().unwrap()));
+        assert_eq!(
+            on.metrics.textfile.as_deref(),
+            Some(Path::new("/srv/ferry/prom/ferry-collector.prom"))
+        );
+        assert_eq!(on.metrics.textfile_interval, Duration::from_secs(5));
     }
 
     fn minimal(extra: &str) -> String {
@@ -357,6 +449,24 @@ mod tests {
                 "limits.max_frame_bytes",
             ),
             (minimal("[limits]\nwindow_bytes = 1"), "limits.window_bytes"),
+            (minimal("[http]\nlisten = \"loopback\""), "http.listen"),
+            (minimal("[http]\nport = 1"), "unknown field `port`"),
+            (
+                minimal("[metrics]\nlisten = \"127.0.0.1:7451\""),
+                "metrics.listen",
+            ),
+            (
+                minimal("[metrics]\ntextfile = \"x.txt\""),
+                "metrics.textfile",
+            ),
+            (
+                minimal("[metrics]\ntextfile_interval_secs = 0"),
+                "metrics.textfile_interval_secs",
+            ),
+            (
+                minimal("[metrics]\ninterval = 1"),
+                "unknown field `interval`",
+            ),
             ("listen = \"127.0.0.1:1\"".to_owned(), "missing field"),
         ];
         for (text, expected) in cases {

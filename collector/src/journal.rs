@@ -435,6 +435,40 @@ impl Journal {
         rows.collect::<Result<_, _>>().map_err(self.err())
     }
 
+    /// Records `catalog` has not applied yet, for every station together.
+    pub fn lag(&self, catalog: &str) -> Result<u64, JournalError> {
+        self.lock()
+            .query_row(
+                "SELECT COUNT(*) FROM records
+                 WHERE seq > COALESCE((SELECT seq FROM positions WHERE catalog = ?1), 0)",
+                params![catalog],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(self.err())
+    }
+
+    /// Whether the repository holds files of `station` or failures of it
+    /// were recorded.
+    pub fn knows_station(&self, station: &str) -> Result<bool, JournalError> {
+        self.lock()
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM stored WHERE station = ?1)
+                     OR EXISTS (SELECT 1 FROM failures WHERE station = ?1)",
+                params![station],
+                |r| r.get(0),
+            )
+            .map_err(self.err())
+    }
+
+    /// Proves the journal can be written now: takes its write lock and
+    /// lets go without changing anything.
+    pub fn check_writable(&self) -> Result<(), JournalError> {
+        self.lock()
+            .execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+            .map_err(self.err())
+    }
+
     /// Records held in the journal (not yet applied everywhere).
     pub fn len(&self) -> Result<u64, JournalError> {
         self.lock()
@@ -482,8 +516,14 @@ mod tests {
             vec![("s1".to_owned(), 3)]
         );
         assert!(journal.pending("primary").unwrap().is_empty());
+        assert_eq!(journal.lag("backup").unwrap(), 3);
+        assert_eq!(journal.lag("primary").unwrap(), 0);
+        assert!(journal.knows_station("s1").unwrap());
+        assert!(!journal.knows_station("s2").unwrap());
+        journal.check_writable().unwrap();
         journal.applied("backup", 2).unwrap();
         assert_eq!(journal.len().unwrap(), 1);
+        assert_eq!(journal.lag("backup").unwrap(), 1);
         let rest = journal.read_after(0, 10).unwrap();
         assert_eq!(rest, vec![(3, record("a/3", 3))]);
         // Positions never go backwards.

@@ -7,6 +7,8 @@ pub mod admin;
 pub mod applier;
 pub mod config;
 pub mod journal;
+pub mod metrics;
+pub mod monitor;
 pub mod pki_cli;
 pub mod reconcile;
 pub mod repository;
@@ -25,6 +27,8 @@ use tokio::sync::{Notify, watch};
 use crate::applier::ApplierState;
 use crate::config::Settings;
 use crate::journal::Journal;
+use crate::metrics::Metrics;
+use crate::monitor::Monitor;
 use crate::repository::Repository;
 use crate::store::AnyStore;
 
@@ -44,6 +48,8 @@ pub enum StartError {
     Link(#[from] ferry_common::link::LinkError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Http(#[from] ferry_common::http::BindError),
     #[error("cannot create {path}: {source}")]
     StateDir {
         path: std::path::PathBuf,
@@ -55,6 +61,9 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Collector {
     local_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
     appliers: Vec<watch::Receiver<ApplierState>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -64,6 +73,27 @@ impl Collector {
     /// The address stations connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the status endpoint listens, if it does.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Where the metrics listener of `[metrics] listen` is, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The counters, shared with every session.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// A receiver that turns true when the collector stops (for tasks a
+    /// binary runs beside it).
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
     }
 
     /// Each catalog's applier state, primary first.
@@ -90,8 +120,20 @@ pub async fn start(settings: Settings) -> Result<Collector, StartError> {
     let material =
         TlsMaterial::from_files(&settings.tls_ca, &settings.tls_cert, &settings.tls_key)?;
     let repository = Repository::open(&settings.repository, &state_dir.join("staging"))?;
-    let journal = Journal::open(&state_dir.join("journal.sqlite"))?;
+    let journal_path = state_dir.join("journal.sqlite");
+    let journal = Journal::open(&journal_path)?;
     journal.register(&CATALOGS)?;
+    // Bind the monitoring listeners first: a taken port fails the start
+    // before anything runs.
+    let http = match settings.http_listen {
+        Some(addr) => Some(ferry_common::http::bind(addr).await?),
+        None => None,
+    };
+    let metrics_listener = match settings.metrics.listen {
+        Some(addr) => Some(ferry_common::http::bind(addr).await?),
+        None => None,
+    };
+    let metrics = Metrics::new();
     let (stop, shutdown) = watch::channel(false);
     let mut tasks = Vec::new();
     let mut appliers = Vec::new();
@@ -125,9 +167,17 @@ pub async fn start(settings: Settings) -> Result<Collector, StartError> {
     })
     .await?;
     let local_addr = link.local_addr();
+    let monitor = Monitor::new(
+        Journal::open(&journal_path)?,
+        appliers.clone(),
+        metrics.clone(),
+        settings.repository.clone(),
+    );
+    let repository_root = repository.root().to_owned();
     let shared = Arc::new(session::Shared {
         repository,
         journal,
+        metrics: metrics.clone(),
         applied_wake: wakes,
         max_chunk: settings.max_chunk,
         window: settings.window,
@@ -135,10 +185,65 @@ pub async fn start(settings: Settings) -> Result<Collector, StartError> {
         reserve: settings.reserve,
         max_sessions: settings.max_sessions,
     });
-    tasks.push(tokio::spawn(session::serve(link, shared, shutdown)));
-    tracing::info!(listen = %local_addr, "collector running");
+    tasks.push(tokio::spawn(session::serve(link, shared, shutdown.clone())));
+    let http_addr = match http {
+        Some(listener) => {
+            let addr = listener.local_addr().ok();
+            let monitor = monitor.clone();
+            tasks.push(tokio::spawn(ferry_common::http::serve(
+                listener,
+                move |path| monitor.clone().answer(path),
+                shutdown.clone(),
+            )));
+            addr
+        }
+        None => None,
+    };
+    let metrics_addr = match metrics_listener {
+        Some(listener) => {
+            let addr = listener.local_addr().ok();
+            let monitor = monitor.clone();
+            tasks.push(tokio::spawn(ferry_common::http::serve(
+                listener,
+                move |path| {
+                    let monitor = monitor.clone();
+                    async move {
+                        if path == "/metrics" {
+                            monitor.answer(path).await
+                        } else {
+                            ferry_common::http::Response::not_found()
+                        }
+                    }
+                },
+                shutdown.clone(),
+            )));
+            addr
+        }
+        None => None,
+    };
+    if let Some(path) = settings.metrics.textfile.clone() {
+        let monitor = monitor.clone();
+        tasks.push(tokio::spawn(ferry_common::metrics::keep_textfile(
+            path,
+            settings.metrics.textfile_interval,
+            move || {
+                let monitor = monitor.clone();
+                async move { monitor.metrics_text().await }
+            },
+            shutdown.clone(),
+        )));
+    }
+    tracing::info!(
+        listen = %local_addr,
+        http = %http_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        repository = %repository_root.display(),
+        "collector running"
+    );
     Ok(Collector {
         local_addr,
+        http_addr,
+        metrics_addr,
+        metrics,
         stop,
         appliers,
         tasks,

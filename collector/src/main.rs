@@ -112,7 +112,7 @@ fn parse_admin(command: &str, parser: &mut lexopt::Parser) -> Result<Admin, Stri
 }
 
 fn run_admin(admin: Admin) -> ExitCode {
-    init_tracing();
+    ferry_common::logging::init();
     let settings = match ferry_collector::config::load(&admin.config) {
         Ok(settings) => settings,
         Err(error) => {
@@ -150,7 +150,7 @@ fn run_admin(admin: Admin) -> ExitCode {
     };
     let result: anyhow::Result<()> = runtime.block_on(async {
         match admin.command.as_str() {
-            "run" => ferry_collector::run(settings, shutdown_signal()).await?,
+            "run" => run(settings).await?,
             "status" => {
                 let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
                 let rows =
@@ -185,6 +185,28 @@ fn run_admin(admin: Admin) -> ExitCode {
     }
 }
 
+/// Runs the collector until SIGTERM or SIGINT, telling a service manager
+/// (systemd `Type=notify`) when it serves and when it stops.
+async fn run(settings: ferry_collector::config::Settings) -> anyhow::Result<()> {
+    let notifier = ferry_common::readiness::Notifier::from_env();
+    let collector = ferry_collector::start(settings).await?;
+    // The station listener is bound and the journal and catalogs' appliers
+    // are open: stations can be served.
+    notifier.ready(&format!("accepting stations on {}", collector.local_addr()));
+    let metrics = collector.metrics().clone();
+    let keep_alive = tokio::spawn(notifier.clone().keep_alive(
+        std::time::Duration::from_secs(10),
+        move || metrics.summary(),
+        collector.stopping(),
+    ));
+    shutdown_signal().await;
+    notifier.stopping();
+    collector.stop().await;
+    let _ = keep_alive.await;
+    tracing::info!("collector stopped");
+    Ok(())
+}
+
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -200,17 +222,6 @@ async fn shutdown_signal() {
         _ = int.recv() => {}
     }
     tracing::info!("stopping");
-}
-
-fn init_tracing() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .with_ansi(io::stderr().is_terminal())
-        .try_init();
 }
 
 fn run_pki(parser: &mut lexopt::Parser) -> ExitCode {

@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_common::codec;
@@ -25,6 +25,7 @@ use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::journal::{Journal, Record};
+use crate::metrics::Metrics;
 use crate::repository::{self, FileKey, Placement, Repository, Staged};
 
 /// What every session shares.
@@ -32,6 +33,8 @@ use crate::repository::{self, FileKey, Placement, Repository, Staged};
 pub struct Shared {
     pub repository: Repository,
     pub journal: Journal,
+    /// Counters for the metrics endpoint.
+    pub metrics: Arc<Metrics>,
     /// Notified after every journal append, to wake the appliers.
     pub applied_wake: Vec<Arc<Notify>>,
     /// Largest chunk payload accepted.
@@ -81,7 +84,9 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
             Ok(frame) => frame.message,
             Err(error) => {
                 warn!(station = %peer.station, %error, "bad frame; disconnecting");
-                let _ = sender.send(&peer, Message::Error(malformed(&error))).await;
+                let error = malformed(&error);
+                shared.metrics.error(error.code);
+                let _ = sender.send(&peer, Message::Error(error)).await;
                 sessions.remove(&peer.identity);
                 // Let the error frame go out first; never stall the others.
                 link.disconnect_later(&peer, Duration::from_millis(50));
@@ -93,6 +98,7 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
             if handle.queued.fetch_add(weight, Ordering::SeqCst) + weight > queue_limit {
                 warn!(station = %peer.station, "station exceeded its window; disconnecting");
                 let error = ErrorFrame::new(ErrorCode::TooLarge, "flow-control window exceeded");
+                shared.metrics.error(error.code);
                 let _ = sender.send(&peer, Message::Error(error)).await;
                 sessions.remove(&peer.identity);
                 link.disconnect_later(&peer, Duration::from_millis(50));
@@ -106,6 +112,7 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
                 ErrorCode::UnexpectedMessage,
                 "the session starts with Hello",
             );
+            shared.metrics.error(error.code);
             let _ = sender.send(&peer, Message::Error(error)).await;
             continue;
         };
@@ -113,6 +120,7 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
             Ok(version) => version,
             Err(error) => {
                 warn!(station = %peer.station, %error, "hello refused");
+                shared.metrics.error(error.code);
                 let _ = sender.send(&peer, Message::Error(error)).await;
                 continue;
             }
@@ -129,6 +137,7 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
         }
         if sessions.len() >= shared.max_sessions {
             let error = ErrorFrame::new(ErrorCode::Busy, "collector at its session limit");
+            shared.metrics.error(error.code);
             let _ = sender.send(&peer, Message::Error(error)).await;
             continue;
         }
@@ -153,11 +162,13 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
             window: shared.window,
             heartbeat_ms: shared.heartbeat.as_millis() as u32,
         };
+        let metrics = shared.metrics.clone();
         tokio::spawn(
             async move {
                 // The previous session of this station (if any) finishes
                 // before this one touches its staging files.
                 let _guard = lock.lock().await;
+                let _counted = metrics.session();
                 info!(software = %hello.software, "session open");
                 session.run(welcome, rx).await;
                 info!("session closed");
@@ -179,14 +190,26 @@ struct Offered {
     key: FileKey,
 }
 
-#[derive(Default)]
 struct Batch {
+    /// When the offer came.
+    started: Instant,
     /// Files still expected to commit.
     waiting: HashSet<u32>,
     /// Results decided so far.
     results: Vec<FileResult>,
     /// Committed files, verified, to be placed when the batch completes.
     committed: Vec<(u32, Staged, Sha256)>,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            waiting: HashSet::new(),
+            results: Vec::new(),
+            committed: Vec::new(),
+        }
+    }
 }
 
 struct Session {
@@ -240,6 +263,7 @@ impl Session {
                 Message::StatusQuery(_) => self.status().await,
                 Message::Pong(_) | Message::Ping(_) => {}
                 other => {
+                    self.shared.metrics.error(ErrorCode::UnexpectedMessage);
                     let what = format!("{other:?}");
                     let error = ErrorFrame::new(
                         ErrorCode::UnexpectedMessage,
@@ -266,7 +290,7 @@ impl Session {
         let _enter = span.enter();
         let full = self.disk_full();
         let mut needs = Vec::with_capacity(offer.files.len());
-        let mut batch = Batch::default();
+        let mut batch = Batch::new();
         for file in offer.files {
             let refuse = |batch: &mut Batch, error: ErrorFrame| {
                 batch.results.push(FileResult {
@@ -311,6 +335,7 @@ impl Session {
                     tokio::task::spawn_blocking(move || journal.lookup(&station, &path, &sha))
                         .await;
                 if let Ok(Ok(Some(stored_as))) = found {
+                    Metrics::add(&self.shared.metrics.already_stored, 1);
                     batch.results.push(FileResult {
                         id: file.id,
                         outcome: Outcome::AlreadyStored {
@@ -379,6 +404,7 @@ impl Session {
     async fn chunk(&mut self, chunk: Chunk) {
         let len = chunk.data.len() as u64;
         self.consumed += len;
+        Metrics::add(&self.shared.metrics.bytes_received, len);
         if !self.offered.contains_key(&(chunk.batch, chunk.file)) {
             // Not (or no longer) expected: typically the file already failed
             // and the rest of its chunks were in flight. Drop them, but still
@@ -397,7 +423,12 @@ impl Session {
             Err(e) => Err(e),
         };
         if let Err(error) = written {
-            warn!(batch = chunk.batch, file = chunk.file, %error, "chunk refused");
+            let path = self
+                .offered
+                .get(&(chunk.batch, chunk.file))
+                .map(|o| o.key.catalog_path())
+                .unwrap_or_default();
+            warn!(batch = chunk.batch, file = chunk.file, %path, %error, "chunk refused");
             self.fail(chunk.batch, chunk.file, error).await;
         }
         self.credit().await;
@@ -482,7 +513,12 @@ impl Session {
         };
         match verdict {
             Err(error) => {
-                warn!(batch = commit.batch, file = commit.file, %error, "commit refused");
+                let path = self
+                    .offered
+                    .get(&(commit.batch, commit.file))
+                    .map(|o| o.key.catalog_path())
+                    .unwrap_or_default();
+                warn!(batch = commit.batch, file = commit.file, %path, %error, "commit refused");
                 self.fail(commit.batch, commit.file, error).await;
             }
             Ok(()) => {
@@ -511,11 +547,15 @@ impl Session {
             return;
         };
         let committed = std::mem::take(&mut batch.committed);
-        let files = committed.len();
+        let bytes: u64 = committed.iter().map(|(_, staged, _)| staged.key.size).sum();
         let shared = self.shared.clone();
         let transfer = format!("{:016x}/{batch_id}", self.session);
-        let placed =
-            tokio::task::spawn_blocking(move || place_batch(&shared, committed, &transfer)).await;
+        // The blocking thread logs within this session's span (station).
+        let span = tracing::Span::current();
+        let placed = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| place_batch(&shared, committed, &transfer))
+        })
+        .await;
         match placed {
             Ok(results) => batch.results.extend(results),
             Err(e) => warn!(error = %e, "placing a batch failed"),
@@ -524,12 +564,28 @@ impl Session {
             wake.notify_one();
         }
         batch.results.sort_by_key(|r| r.id);
-        let stored = batch
-            .results
-            .iter()
-            .filter(|r| matches!(r.outcome, Outcome::Stored { .. }))
-            .count();
-        info!(batch = batch_id, files, stored, "batch acknowledged");
+        let (mut stored, mut already, mut failed) = (0usize, 0usize, 0usize);
+        for result in &batch.results {
+            match &result.outcome {
+                Outcome::Stored { .. } => stored += 1,
+                Outcome::AlreadyStored { .. } => already += 1,
+                Outcome::Failed(error) => {
+                    failed += 1;
+                    self.shared.metrics.error(error.code);
+                }
+            }
+        }
+        Metrics::add(&self.shared.metrics.batches, 1);
+        info!(
+            batch = batch_id,
+            files = batch.results.len(),
+            stored,
+            already,
+            failed,
+            bytes,
+            ms = batch.started.elapsed().as_millis() as u64,
+            "batch acknowledged"
+        );
         self.send(Message::Ack(Ack {
             batch: batch_id,
             results: batch.results,
@@ -610,6 +666,7 @@ fn place_batch(
                         outcome: Outcome::Stored { sha256, stored_as },
                     });
                 } else {
+                    Metrics::add(&shared.metrics.already_stored, 1);
                     results.push(FileResult {
                         id,
                         outcome: Outcome::AlreadyStored { sha256, stored_as },
@@ -630,7 +687,7 @@ fn place_batch(
     if !records.is_empty() {
         let batch: Vec<Record> = records.iter().map(|(_, r)| r.clone()).collect();
         if let Err(e) = journal.append(&batch) {
-            warn!(error = %e, "journal append failed; the batch is not acknowledged as stored");
+            warn!(error = %e, files = records.len(), "journal append failed; the batch is not acknowledged as stored");
             let failed: HashSet<u32> = records.iter().map(|(id, _)| *id).collect();
             for result in &mut results {
                 if failed.contains(&result.id) {
@@ -646,6 +703,11 @@ fn place_batch(
             // Staging files stay: the retry resumes at their full length.
             return results;
         }
+        Metrics::add(&shared.metrics.files_stored, records.len() as u64);
+        Metrics::add(
+            &shared.metrics.bytes_stored,
+            records.iter().map(|(_, r)| r.size).sum(),
+        );
     }
     for staged in done {
         if let Err(e) = repository.discard(staged) {

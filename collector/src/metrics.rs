@@ -1,0 +1,278 @@
+//! The collector's counters (atomics shared by every session) and their
+//! Prometheus exposition, together with what is read when scraped: each
+//! catalog's journal lag and state, and the repository's free space.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ferry_common::metrics::{Exposition, Kind};
+use ferry_common::protocol::ErrorCode;
+
+/// Every error code, in the order of [`Metrics::errors`].
+const ERROR_CODES: [ErrorCode; 10] = [
+    ErrorCode::UnsupportedVersion,
+    ErrorCode::Malformed,
+    ErrorCode::TooLarge,
+    ErrorCode::UnexpectedMessage,
+    ErrorCode::IdentityMismatch,
+    ErrorCode::PathRefused,
+    ErrorCode::HashMismatch,
+    ErrorCode::DiskFull,
+    ErrorCode::Busy,
+    ErrorCode::Internal,
+];
+
+/// The `kind` label of an error code.
+pub fn error_kind(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::UnsupportedVersion => "unsupported_version",
+        ErrorCode::Malformed => "malformed",
+        ErrorCode::TooLarge => "too_large",
+        ErrorCode::UnexpectedMessage => "unexpected_message",
+        ErrorCode::IdentityMismatch => "identity_mismatch",
+        ErrorCode::PathRefused => "path_refused",
+        ErrorCode::HashMismatch => "hash_mismatch",
+        ErrorCode::DiskFull => "disk_full",
+        ErrorCode::Busy => "busy",
+        ErrorCode::Internal => "internal",
+    }
+}
+
+fn error_index(code: ErrorCode) -> usize {
+    ERROR_CODES.iter().position(|c| *c == code).unwrap_or(0)
+}
+
+/// Counters since the collector started.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Files stored (new catalog records journaled).
+    pub files_stored: AtomicU64,
+    /// Bytes of those files.
+    pub bytes_stored: AtomicU64,
+    /// Files offered or committed that the repository already held.
+    pub already_stored: AtomicU64,
+    /// Bytes of file content received in chunks.
+    pub bytes_received: AtomicU64,
+    /// Batches acknowledged.
+    pub batches: AtomicU64,
+    /// Station sessions running now.
+    pub sessions: AtomicU64,
+    /// Station sessions opened.
+    pub sessions_total: AtomicU64,
+    /// Errors and refusals sent to stations, by code.
+    errors: [AtomicU64; ERROR_CODES.len()],
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Adds `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts an error or refusal sent to a station.
+    pub fn error(&self, code: ErrorCode) {
+        Self::add(&self.errors[error_index(code)], 1);
+    }
+
+    /// Errors sent with `code` so far.
+    pub fn errors(&self, code: ErrorCode) -> u64 {
+        self.errors[error_index(code)].load(Ordering::Relaxed)
+    }
+
+    /// Counts a session as running until the guard drops.
+    pub fn session(self: &Arc<Self>) -> SessionGauge {
+        Self::add(&self.sessions, 1);
+        Self::add(&self.sessions_total, 1);
+        SessionGauge(self.clone())
+    }
+
+    /// A line for the service manager's status.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} sessions; {} files ({} bytes) stored since start",
+            self.sessions.load(Ordering::Relaxed),
+            self.files_stored.load(Ordering::Relaxed),
+            self.bytes_stored.load(Ordering::Relaxed)
+        )
+    }
+}
+
+/// Holds one count of [`Metrics::sessions`].
+#[derive(Debug)]
+pub struct SessionGauge(Arc<Metrics>);
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        self.0.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One catalog as seen when scraped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogView {
+    pub name: &'static str,
+    /// Whether its applier's last attempt succeeded.
+    pub up: bool,
+    /// Journal records it has not applied yet (`None` if the journal could
+    /// not be read).
+    pub lag: Option<u64>,
+}
+
+/// What is read when scraped, besides the counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Readings {
+    pub catalogs: Vec<CatalogView>,
+    /// Free bytes of the repository's filesystem available to the
+    /// collector, if known.
+    pub repository_free: Option<u64>,
+}
+
+/// The exposition text.
+pub fn render(m: &Metrics, readings: &Readings) -> String {
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let mut e = Exposition::new();
+    e.family(
+        "ferry_collector_build_info",
+        Kind::Gauge,
+        "Version of the running collector",
+    )
+    .sample(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+    e.counter(
+        "ferry_collector_files_stored_total",
+        "Files stored in the repository and journaled for the catalogs",
+        load(&m.files_stored),
+    );
+    e.counter(
+        "ferry_collector_bytes_stored_total",
+        "Bytes of the files stored",
+        load(&m.bytes_stored),
+    );
+    e.counter(
+        "ferry_collector_files_already_stored_total",
+        "Files answered as already stored (same station, path and content)",
+        load(&m.already_stored),
+    );
+    e.counter(
+        "ferry_collector_bytes_received_total",
+        "Bytes of file content received from stations",
+        load(&m.bytes_received),
+    );
+    e.counter(
+        "ferry_collector_batches_total",
+        "Batches acknowledged to stations",
+        load(&m.batches),
+    );
+    e.gauge(
+        "ferry_collector_sessions",
+        "Station sessions open now",
+        load(&m.sessions),
+    );
+    e.counter(
+        "ferry_collector_sessions_total",
+        "Station sessions opened",
+        load(&m.sessions_total),
+    );
+    e.family(
+        "ferry_collector_errors_total",
+        Kind::Counter,
+        "Errors and refusals sent to stations, by kind",
+    );
+    for code in ERROR_CODES {
+        e.sample(&[("kind", error_kind(code))], m.errors(code) as f64);
+    }
+    e.family(
+        "ferry_collector_catalog_up",
+        Kind::Gauge,
+        "Whether the catalog's last apply attempt succeeded (a down catalog \
+         loses nothing: the journal keeps its records)",
+    );
+    for c in &readings.catalogs {
+        e.sample(&[("catalog", c.name)], if c.up { 1.0 } else { 0.0 });
+    }
+    e.family(
+        "ferry_collector_journal_lag_records",
+        Kind::Gauge,
+        "Journal records the catalog has not applied yet",
+    );
+    for c in &readings.catalogs {
+        if let Some(lag) = c.lag {
+            e.sample(&[("catalog", c.name)], lag as f64);
+        }
+    }
+    if let Some(free) = readings.repository_free {
+        e.gauge(
+            "ferry_collector_repository_free_bytes",
+            "Free bytes of the repository's filesystem available to the collector",
+            free,
+        );
+    }
+    e.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_carries_every_counter_and_reading() {
+        let m = Metrics::new();
+        Metrics::add(&m.files_stored, 3);
+        Metrics::add(&m.bytes_stored, 300);
+        m.error(ErrorCode::DiskFull);
+        m.error(ErrorCode::DiskFull);
+        let session = m.session();
+        let readings = Readings {
+            catalogs: vec![
+                CatalogView {
+                    name: "primary",
+                    up: true,
+                    lag: Some(0),
+                },
+                CatalogView {
+                    name: "backup",
+                    up: false,
+                    lag: Some(7),
+                },
+            ],
+            repository_free: Some(1 << 30),
+        };
+        let text = render(&m, &readings);
+        let samples = ferry_common::metrics::parse(&text).unwrap();
+        let value = |series: &str| {
+            samples
+                .iter()
+                .find(|(s, _)| s == series)
+                .map(|(_, v)| *v)
+                .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
+        };
+        assert_eq!(value("ferry_collector_files_stored_total"), 3.0);
+        assert_eq!(value("ferry_collector_bytes_stored_total"), 300.0);
+        assert_eq!(value("ferry_collector_sessions"), 1.0);
+        assert_eq!(value("ferry_collector_sessions_total"), 1.0);
+        assert_eq!(
+            value("ferry_collector_errors_total{kind=\"disk_full\"}"),
+            2.0
+        );
+        assert_eq!(value("ferry_collector_errors_total{kind=\"busy\"}"), 0.0);
+        assert_eq!(value("ferry_collector_catalog_up{catalog=\"backup\"}"), 0.0);
+        assert_eq!(
+            value("ferry_collector_journal_lag_records{catalog=\"backup\"}"),
+            7.0
+        );
+        assert_eq!(
+            value("ferry_collector_repository_free_bytes"),
+            (1u64 << 30) as f64
+        );
+        drop(session);
+        assert!(render(&m, &readings).contains("\nferry_collector_sessions 0\n"));
+        assert_eq!(
+            ERROR_CODES.map(error_index),
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            "every code has its own counter"
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! The collector's read-only HTTP endpoint for monitoring: `GET /status`
+//! (every station, the JSON of `ferry-collector status --json`),
+//! `/status/<station>`, `/healthz` and `/metrics` (Prometheus text).
+//!
+//! Health means "stations can be served": the listener answers and the
+//! journal takes writes. A catalog that is down is reported but is not
+//! unhealthy, since the journal keeps its records until it returns.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ferry_common::http::Response;
+use ferry_common::json;
+use ferry_common::station::StationId;
+use tokio::sync::watch;
+
+use crate::CATALOGS;
+use crate::admin;
+use crate::applier::ApplierState;
+use crate::journal::Journal;
+use crate::metrics::{self, CatalogView, Metrics, Readings};
+
+/// What the endpoint reads from; shared by its connections.
+#[derive(Debug)]
+pub struct Monitor {
+    /// A connection of its own, so scrapes never queue behind the
+    /// sessions' journal writes.
+    journal: Journal,
+    /// Each catalog's applier state, in the order of [`CATALOGS`].
+    appliers: Vec<watch::Receiver<ApplierState>>,
+    metrics: Arc<Metrics>,
+    /// The repository root, whose filesystem's free space is reported.
+    repository: PathBuf,
+}
+
+impl Monitor {
+    pub fn new(
+        journal: Journal,
+        appliers: Vec<watch::Receiver<ApplierState>>,
+        metrics: Arc<Metrics>,
+        repository: PathBuf,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            journal,
+            appliers,
+            metrics,
+            repository,
+        })
+    }
+
+    /// The answer to `GET path`.
+    pub async fn answer(self: Arc<Self>, path: String) -> Response {
+        let route = path.trim_end_matches('/');
+        match route {
+            "/metrics" => Response {
+                status: 200,
+                content_type: ferry_common::metrics::CONTENT_TYPE,
+                body: self.metrics_text().await,
+            },
+            "/status" => blocking(move || self.status(None)).await,
+            "/healthz" => blocking(move || self.health()).await,
+            _ => match route.strip_prefix("/status/") {
+                Some(station) if !station.contains('/') => {
+                    let station = station.to_owned();
+                    blocking(move || self.status(Some(&station))).await
+                }
+                _ => Response::not_found(),
+            },
+        }
+    }
+
+    /// The Prometheus exposition: counters plus what is read now.
+    pub async fn metrics_text(self: &Arc<Self>) -> String {
+        let this = self.clone();
+        let readings = tokio::task::spawn_blocking(move || this.readings())
+            .await
+            .unwrap_or_default();
+        metrics::render(&self.metrics, &readings)
+    }
+
+    fn readings(&self) -> Readings {
+        let repository_free = rustix::fs::statvfs(&self.repository)
+            .ok()
+            .map(|st| st.f_bavail.saturating_mul(st.f_frsize));
+        Readings {
+            catalogs: self.catalogs(),
+            repository_free,
+        }
+    }
+
+    fn catalogs(&self) -> Vec<CatalogView> {
+        CATALOGS
+            .iter()
+            .zip(&self.appliers)
+            .map(|(name, state)| CatalogView {
+                name,
+                up: state.borrow().error.is_none(),
+                lag: self.journal.lag(name).ok(),
+            })
+            .collect()
+    }
+
+    fn status(&self, station: Option<&str>) -> Response {
+        if let Some(station) = station {
+            let known = StationId::new(station).is_ok()
+                && self.journal.knows_station(station).unwrap_or(false);
+            if !known {
+                return Response::json(
+                    404,
+                    format!(
+                        "{{\"error\":\"unknown station\",\"station\":{}}}\n",
+                        json::string(station)
+                    ),
+                );
+            }
+        }
+        match admin::status_of(&self.journal, station, now_ms()) {
+            Ok(rows) => match (station, rows.first()) {
+                (Some(_), Some(row)) => Response::json(200, admin::station_json(row) + "\n"),
+                _ => Response::json(200, admin::status_json(&rows)),
+            },
+            Err(error) => Response::json(
+                500,
+                format!("{{\"error\":{}}}\n", json::string(&error.to_string())),
+            ),
+        }
+    }
+
+    fn health(&self) -> Response {
+        let journal = self.journal.check_writable();
+        let catalogs: Vec<String> = CATALOGS
+            .iter()
+            .zip(&self.appliers)
+            .map(|(name, state)| {
+                let state = state.borrow();
+                let lag = self
+                    .journal
+                    .lag(name)
+                    .map_or_else(|_| "null".to_owned(), |n| n.to_string());
+                format!(
+                    "{{\"catalog\":{},\"up\":{},\"lag\":{lag},\"error\":{}}}",
+                    json::string(name),
+                    state.error.is_none(),
+                    json::string_or_null(state.error.as_deref())
+                )
+            })
+            .collect();
+        let (status, word, journal) = match &journal {
+            Ok(()) => (200, "ok", json::string("writable")),
+            Err(error) => (503, "unhealthy", json::string(&error.to_string())),
+        };
+        Response::json(
+            status,
+            format!(
+                "{{\"status\":\"{word}\",\"journal\":{journal},\"catalogs\":[{}]}}\n",
+                catalogs.join(",")
+            ),
+        )
+    }
+}
+
+async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|_| Response::json(500, "{\"error\":\"status worker failed\"}\n".into()))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
