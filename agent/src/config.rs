@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use ferry_common::metrics::{MetricsSettings, RawMetrics};
 use ferry_common::station::StationId;
 use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
@@ -76,6 +77,8 @@ pub struct Settings {
     pub after_ack: AfterAck,
     /// The indexerD-compatible files.
     pub legacy: Legacy,
+    /// Where Prometheus metrics are exposed (off by default).
+    pub metrics: MetricsSettings,
 }
 
 /// The station's TLS files.
@@ -266,6 +269,10 @@ struct RawConfig {
     /// Paths of the indexerD-compatible files and the halt timeout.
     #[serde(default)]
     legacy: RawLegacy,
+    /// Prometheus metrics: an HTTP listener and/or a node_exporter
+    /// textfile (both off by default).
+    #[serde(default)]
+    metrics: RawMetrics,
 }
 
 /// `[tls]`
@@ -433,6 +440,7 @@ impl Validator<'_> {
         let legacy = self.legacy(raw.legacy, &state_dir)?;
         let rescan_interval =
             self.positive_secs("rescan_interval_secs", raw.rescan_interval_secs)?;
+        let metrics = self.metrics(raw.metrics)?;
         Ok(Settings {
             station: raw.station,
             tls,
@@ -447,7 +455,18 @@ impl Validator<'_> {
             batch,
             after_ack,
             legacy,
+            metrics,
         })
+    }
+
+    fn metrics(&self, raw: RawMetrics) -> Result<MetricsSettings, ConfigError> {
+        let mut metrics = raw
+            .validate()
+            .map_err(|(key, reason)| self.invalid(&format!("metrics.{key}"), &reason))?;
+        if let Some(path) = metrics.textfile.take() {
+            metrics.textfile = Some(self.absolute("metrics.textfile", path)?);
+        }
+        Ok(metrics)
     }
 
     fn roots(&self, raw: Vec<RawRoot>) -> Result<Vec<Root>, ConfigError> {

@@ -9,15 +9,17 @@ use std::time::{Duration, SystemTime};
 use ferry_common::backoff::Backoff;
 use ferry_common::link::{ClientLink, ClientLinkConfig};
 use ferry_common::protocol::Outcome;
+use ferry_common::readiness::Notifier;
 use ferry_common::station::StationId;
 use ferry_common::tls::{self, TlsMaterial};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::{AfterAck, Root, Settings};
 use crate::due_list;
 use crate::halt_flag::{self, HaltFlag, Held, Raise};
 use crate::ledger::{Acked, DueFile, Ledger, Observation, Observed};
+use crate::metrics::{ErrorKind, Metrics, Source};
 use crate::sender::{self, Flow, OutgoingFile};
 use crate::status::{self, LinkState};
 use crate::watch::{self as files, Change, Seen, Settler};
@@ -36,6 +38,8 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Metrics(#[from] ferry_common::http::BindError),
 }
 
 /// The station id: from the config if given, else from the certificate;
@@ -86,10 +90,13 @@ fn lock(ledger: &Shared) -> MutexGuard<'_, Ledger> {
     ledger.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Runs the agent until `shutdown` turns true.
+/// Runs the agent until `shutdown` turns true. `readiness` hears `READY=1`
+/// once the ledger is open, the metrics listener bound and the roots
+/// watched, and a status line now and then.
 pub async fn run(
     settings: Settings,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    readiness: Notifier,
 ) -> Result<(), StartError> {
     let station = station_id(&settings)?;
     std::fs::create_dir_all(&settings.state_dir).map_err(|source| StartError::StateDir {
@@ -108,39 +115,112 @@ pub async fn run(
         software: format!("ferry-agent {}", env!("CARGO_PKG_VERSION")),
     };
     let ledger = Arc::new(Mutex::new(Ledger::open(&settings.ledger)?));
-    import_legacy(&settings, &ledger);
+    let metrics_listener = match settings.metrics.listen {
+        Some(addr) => Some(ferry_common::http::bind(addr).await?),
+        None => None,
+    };
+    let metrics = Metrics::new();
+    let span = info_span!("agent", %station);
+    import_legacy(&settings, &ledger, &metrics);
     let due_changed = Arc::new(DueSignal::default());
     let settings = Arc::new(settings);
-    let span = info_span!("agent", %station);
-    info!(parent: &span, roots = settings.roots.len(), "agent running");
-    let watcher = tokio::spawn(
+    let source = Source::new(
+        metrics.clone(),
+        settings.ledger.clone(),
+        HaltFlag::new(&settings.legacy.halt_flag, settings.legacy.halt_timeout),
+    );
+    let mut tasks = Vec::new();
+    if let Some(listener) = metrics_listener {
+        let addr = listener.local_addr().ok();
+        info!(parent: &span, metrics = ?addr, "serving metrics");
+        let source = source.clone();
+        tasks.push(tokio::spawn(ferry_common::http::serve(
+            listener,
+            move |path| {
+                let source = source.clone();
+                async move {
+                    if path == "/metrics" {
+                        ferry_common::http::Response {
+                            status: 200,
+                            content_type: ferry_common::metrics::CONTENT_TYPE,
+                            body: source.render().await,
+                        }
+                    } else {
+                        ferry_common::http::Response::not_found()
+                    }
+                }
+            },
+            shutdown.clone(),
+        )));
+    }
+    if let Some(path) = settings.metrics.textfile.clone() {
+        let source = source.clone();
+        tasks.push(tokio::spawn(
+            ferry_common::metrics::keep_textfile(
+                path,
+                settings.metrics.textfile_interval,
+                move || {
+                    let source = source.clone();
+                    async move { source.render().await }
+                },
+                shutdown.clone(),
+            )
+            .instrument(span.clone()),
+        ));
+    }
+    let (watching, watching_rx) = oneshot::channel();
+    tasks.push(tokio::spawn(
         watch_roots(
             settings.clone(),
             ledger.clone(),
             due_changed.clone(),
+            metrics.clone(),
+            watching,
             shutdown.clone(),
         )
         .instrument(span.clone()),
-    );
-    let sender = tokio::spawn(
+    ));
+    tasks.push(tokio::spawn(
         send_due(
             settings.clone(),
             ledger.clone(),
             due_changed,
             link_config,
+            metrics.clone(),
             shutdown.clone(),
         )
         .instrument(span.clone()),
-    );
+    ));
+    // Ready once the roots are watched (the first full scan follows).
+    tokio::select! {
+        _ = watching_rx => {
+            info!(parent: &span, roots = settings.roots.len(), "agent running");
+            readiness.ready(&format!(
+                "watching {} roots, sending to {}",
+                settings.roots.len(),
+                settings.collectors.join(", ")
+            ));
+        }
+        _ = shutdown.wait_for(|stop| *stop) => {}
+    }
+    tasks.push(tokio::spawn(readiness.keep_alive(
+        Duration::from_secs(10),
+        {
+            let metrics = metrics.clone();
+            move || metrics.summary()
+        },
+        shutdown.clone(),
+    )));
     let _ = shutdown.wait_for(|stop| *stop).await;
-    let _ = watcher.await;
-    let _ = sender.await;
+    for task in tasks {
+        let _ = task.await;
+    }
     info!(parent: &span, "agent stopped");
     Ok(())
 }
 
 /// Imports an indexerD `DUE_BACKUP` once, on the first start.
-fn import_legacy(settings: &Settings, ledger: &Shared) {
+fn import_legacy(settings: &Settings, ledger: &Shared, metrics: &Metrics) {
     let mut ledger = lock(ledger);
     if matches!(ledger.marker("legacy-import"), Ok(Some(_))) {
         return;
@@ -162,6 +242,7 @@ fn import_legacy(settings: &Settings, ledger: &Shared) {
                 }
             }
             if let Err(error) = ledger.observe_many(&observations, now) {
+                metrics.error(ErrorKind::Ledger);
                 warn!(%error, "importing DUE_BACKUP failed; will retry at next start");
                 return;
             }
@@ -175,6 +256,7 @@ fn import_legacy(settings: &Settings, ledger: &Shared) {
         }
         Ok(None) => {}
         Err(error) => {
+            metrics.error(ErrorKind::LegacyFiles);
             warn!(%error, "cannot import DUE_BACKUP; will retry at next start");
             return;
         }
@@ -208,6 +290,7 @@ fn enter(
     ready: Vec<Seen>,
     settler: &mut Settler,
     due_changed: &DueSignal,
+    metrics: &Metrics,
 ) {
     let now = SystemTime::now();
     let mut observations = Vec::new();
@@ -231,7 +314,10 @@ fn enter(
                 due_changed.mark();
             }
         }
-        Err(error) => warn!(%error, "ledger update failed"),
+        Err(error) => {
+            metrics.error(ErrorKind::Ledger);
+            warn!(%error, "ledger update failed");
+        }
     }
 }
 
@@ -242,6 +328,7 @@ fn rescan(
     only: Option<&[String]>,
     settler: &mut Settler,
     due_changed: &DueSignal,
+    metrics: &Metrics,
 ) {
     let now = SystemTime::now();
     for root in &settings.roots {
@@ -252,6 +339,7 @@ fn rescan(
         let seen = match tokio::task::block_in_place(|| files::scan(root)) {
             Ok(seen) => seen,
             Err(error) => {
+                metrics.error(ErrorKind::Scan);
                 warn!(root = %root.name, %error, "root not scanned");
                 continue;
             }
@@ -262,14 +350,17 @@ fn rescan(
         for s in young {
             settler.note(s, now);
         }
-        enter(settings, ledger, settled, settler, due_changed);
+        enter(settings, ledger, settled, settler, due_changed, metrics);
         match tokio::task::block_in_place(|| lock(ledger).sweep(&root.name, started)) {
             Ok(vanished) => {
                 for v in vanished {
                     warn!(root = %v.root, path = %v.rel_path.display(), "file vanished before it was backed up");
                 }
             }
-            Err(error) => warn!(%error, "ledger sweep failed"),
+            Err(error) => {
+                metrics.error(ErrorKind::Ledger);
+                warn!(%error, "ledger sweep failed");
+            }
         }
     }
 }
@@ -278,12 +369,23 @@ async fn watch_roots(
     settings: Arc<Settings>,
     ledger: Shared,
     due_changed: Arc<DueSignal>,
+    metrics: Arc<Metrics>,
+    watching: oneshot::Sender<()>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let (tx, mut events) = mpsc::unbounded_channel();
     let (_watcher, fallback) = files::watch(&settings.roots, tx);
+    let _ = watching.send(());
     let mut settler = Settler::default();
-    rescan(&settings, &ledger, None, &mut settler, &due_changed);
+    let metrics = &*metrics;
+    rescan(
+        &settings,
+        &ledger,
+        None,
+        &mut settler,
+        &due_changed,
+        metrics,
+    );
     let settle_tick =
         (settings.settle / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut settle = tokio::time::interval(settle_tick);
@@ -310,16 +412,16 @@ async fn watch_roots(
         tokio::select! {
             change = events.recv() => {
                 let Some(change) = change else { break };
-                handle(&settings, &ledger, change, &mut settler, &due_changed);
+                handle(&settings, &ledger, change, &mut settler, &due_changed, metrics);
             }
             _ = settle.tick() => {
                 if !settler.is_empty() {
                     let ready = tokio::task::block_in_place(|| settler.ripe(&settings.roots, settings.settle, SystemTime::now()));
-                    enter(&settings, &ledger, ready, &mut settler, &due_changed);
+                    enter(&settings, &ledger, ready, &mut settler, &due_changed, metrics);
                 }
             }
-            _ = full.tick() => rescan(&settings, &ledger, None, &mut settler, &due_changed),
-            _ = poll.tick(), if !polled.is_empty() => rescan(&settings, &ledger, Some(&polled), &mut settler, &due_changed),
+            _ = full.tick() => rescan(&settings, &ledger, None, &mut settler, &due_changed, metrics),
+            _ = poll.tick(), if !polled.is_empty() => rescan(&settings, &ledger, Some(&polled), &mut settler, &due_changed, metrics),
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }
@@ -331,11 +433,12 @@ fn handle(
     change: Change,
     settler: &mut Settler,
     due_changed: &DueSignal,
+    metrics: &Metrics,
 ) {
     match change {
         Change::Rescan => {
             info!("event queue overflowed or a directory appeared; rescanning");
-            rescan(settings, ledger, None, settler, due_changed);
+            rescan(settings, ledger, None, settler, due_changed, metrics);
         }
         Change::Finished(path) => {
             let Some(root) = root_of(&settings.roots, &path) else {
@@ -344,7 +447,7 @@ fn handle(
             match files::stat(root, &path) {
                 Some(seen) => {
                     settler.forget(&path);
-                    enter(settings, ledger, vec![seen], settler, due_changed);
+                    enter(settings, ledger, vec![seen], settler, due_changed, metrics);
                 }
                 None if path.is_dir() => rescan(
                     settings,
@@ -352,6 +455,7 @@ fn handle(
                     Some(std::slice::from_ref(&root.name)),
                     settler,
                     due_changed,
+                    metrics,
                 ),
                 None => {}
             }
@@ -378,7 +482,10 @@ fn handle(
                     due_changed.mark();
                 }
                 Ok(None) => {}
-                Err(error) => warn!(%error, "ledger update failed"),
+                Err(error) => {
+                    metrics.error(ErrorKind::Ledger);
+                    warn!(%error, "ledger update failed");
+                }
             }
         }
     }
@@ -399,6 +506,7 @@ async fn send_due(
     ledger: Shared,
     due_changed: Arc<DueSignal>,
     link_config: ClientLinkConfig,
+    metrics: Arc<Metrics>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let flag = HaltFlag::new(&settings.legacy.halt_flag, settings.legacy.halt_timeout);
@@ -425,6 +533,7 @@ async fn send_due(
         }) {
             Ok(due) => due,
             Err(error) => {
+                metrics.error(ErrorKind::Ledger);
                 warn!(%error, "ledger unreadable");
                 Vec::new()
             }
@@ -467,6 +576,7 @@ async fn send_due(
                     continue;
                 }
                 Err(error) => {
+                    metrics.error(ErrorKind::HaltFlag);
                     warn!(%error, "cannot raise HALT_FLAG");
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_secs(5)) => {}
@@ -480,7 +590,7 @@ async fn send_due(
             let _ = h.refresh(now);
         }
         if dirty {
-            write_due_list(&settings, &ledger, &roots);
+            write_due_list(&settings, &ledger, &roots, &metrics);
             dirty = false;
         }
         if due.is_empty() {
@@ -507,6 +617,7 @@ async fn send_due(
             match connect_once(&link_config).await {
                 Ok(l) => {
                     info!(collector = %l.addr, "connected");
+                    metrics.set_connected(true);
                     state.connected = true;
                     state.collector = Some(l.addr.clone());
                     state.last_error = None;
@@ -515,6 +626,7 @@ async fn send_due(
                     backoff.reset();
                 }
                 Err(error) => {
+                    metrics.error(ErrorKind::Connect);
                     let delay = backoff.next_delay();
                     debug!(?delay, "collector unreachable; retrying later");
                     state.last_error = Some(error);
@@ -574,17 +686,28 @@ async fn send_due(
             .collect();
         batch_no += 1;
         let span = info_span!("batch", batch = batch_no, files = files.len());
+        let started = std::time::Instant::now();
         let result = sender::send_batch(current, &mut flow, batch_no, &files)
             .instrument(span.clone())
             .await;
         match result {
             Ok(reports) => {
                 backoff.reset();
-                settle_batch(&settings, &ledger, &batch, &files, reports, &state_path);
+                let _enter = span.enter();
+                let settled = Settled {
+                    reports,
+                    started,
+                    state_path: &state_path,
+                    metrics: &metrics,
+                };
+                settle_batch(&settings, &ledger, &batch, &files, settled);
                 dirty = true;
             }
             Err(error) => {
                 let _ = tokio::task::block_in_place(|| lock(&ledger).unmark_sending(&keys));
+                metrics.error(ErrorKind::Link);
+                Metrics::add(&metrics.retries, batch.len() as u64);
+                metrics.set_connected(false);
                 warn!(parent: &span, %error, "batch failed; reconnecting");
                 let mut state = status::read(&state_path);
                 state.connected = false;
@@ -600,6 +723,7 @@ async fn send_due(
     if let Some(link) = link.take() {
         link.close().await;
     }
+    metrics.set_connected(false);
     let mut state = status::read(&state_path);
     state.connected = false;
     status::write(&state_path, &state);
@@ -624,10 +748,12 @@ fn write_due_list(
     settings: &Settings,
     ledger: &Shared,
     roots: &std::collections::BTreeMap<String, PathBuf>,
+    metrics: &Metrics,
 ) {
     let paths = match tokio::task::block_in_place(|| lock(ledger).due_paths(roots)) {
         Ok(paths) => paths,
         Err(error) => {
+            metrics.error(ErrorKind::Ledger);
             warn!(%error, "ledger unreadable; DUE_BACKUP not rewritten");
             return;
         }
@@ -640,23 +766,43 @@ fn write_due_list(
                 warn!(path = ?path, "name contains a newline: left out of DUE_BACKUP (still sent)");
             }
         }
-        Err(error) => warn!(%error, "cannot write DUE_BACKUP"),
+        Err(error) => {
+            metrics.error(ErrorKind::LegacyFiles);
+            warn!(%error, "cannot write DUE_BACKUP");
+        }
     }
 }
 
+/// A batch's results and where to record them.
+struct Settled<'a> {
+    reports: Vec<sender::FileReport>,
+    /// When the batch was offered.
+    started: std::time::Instant,
+    state_path: &'a Path,
+    metrics: &'a Metrics,
+}
+
 /// Records a batch's results: acks in the ledger and `BACKUP_DONE`, the
-/// post-ack action, failures with their retry time.
+/// post-ack action, failures with their retry time; logs one line.
 fn settle_batch(
     settings: &Settings,
     ledger: &Shared,
     batch: &[DueFile],
     files: &[OutgoingFile],
-    reports: Vec<sender::FileReport>,
-    state_path: &Path,
+    settled: Settled<'_>,
 ) {
+    let Settled {
+        reports,
+        started,
+        state_path,
+        metrics,
+    } = settled;
     let now = SystemTime::now();
     let mut acks = Vec::new();
     let mut failed = 0usize;
+    let sent: u64 = reports.iter().map(|r| r.sent).sum();
+    Metrics::add(&metrics.acks, 1);
+    Metrics::add(&metrics.bytes_transferred, sent);
     for report in &reports {
         let Some(due) = batch.get(report.index) else {
             continue;
@@ -670,6 +816,8 @@ fn settle_batch(
             }
             Outcome::Failed(error) => {
                 failed += 1;
+                metrics.error(ErrorKind::File);
+                Metrics::add(&metrics.retries, 1);
                 let retry = now + retry_after(due.attempts, error.retryable());
                 warn!(root = %due.root, path = %due.rel_path.display(), %error, "file not stored; will retry");
                 let _ = tokio::task::block_in_place(|| {
@@ -681,10 +829,14 @@ fn settle_batch(
     let acked = match tokio::task::block_in_place(|| lock(ledger).mark_acked(&acks, now)) {
         Ok(acked) => acked,
         Err(error) => {
+            metrics.error(ErrorKind::Ledger);
             warn!(%error, "cannot record acks; the files will be offered again");
             return;
         }
     };
+    let bytes: u64 = acked.iter().map(|a| a.identity.size).sum();
+    Metrics::add(&metrics.files_sent, acked.len() as u64);
+    Metrics::add(&metrics.bytes_sent, bytes);
     let done: Vec<PathBuf> = acked
         .iter()
         .filter_map(|a| {
@@ -695,6 +847,7 @@ fn settle_batch(
         .map(|f| f.abs_path.clone())
         .collect();
     if let Err(error) = due_list::append_backup_done(&settings.legacy.backup_done, &done) {
+        metrics.error(ErrorKind::LegacyFiles);
         warn!(%error, "cannot append to BACKUP_DONE");
     }
     for a in &acked {
@@ -704,9 +857,18 @@ fn settle_batch(
         else {
             continue;
         };
-        after_ack(settings, f, a.identity.size, a.identity.mtime_ns);
+        if !after_ack(settings, f, a.identity.size, a.identity.mtime_ns) {
+            metrics.error(ErrorKind::AfterAck);
+        }
     }
-    info!(acked = acked.len(), failed, "batch done");
+    info!(
+        acked = acked.len(),
+        failed,
+        bytes,
+        sent,
+        ms = started.elapsed().as_millis() as u64,
+        "batch acknowledged"
+    );
     let mut state = status::read(state_path);
     state.last_ack = Some(now);
     status::write(state_path, &state);
@@ -714,21 +876,25 @@ fn settle_batch(
 
 /// Applies the configured post-ack action, only to the very file that was
 /// acknowledged (same size and mtime).
-fn after_ack(settings: &Settings, file: &OutgoingFile, size: u64, mtime_ns: i64) {
+/// Whether the action succeeded (or there was nothing to do).
+fn after_ack(settings: &Settings, file: &OutgoingFile, size: u64, mtime_ns: i64) -> bool {
     let unchanged = std::fs::symlink_metadata(&file.abs_path).is_ok_and(|m| {
         use std::os::unix::fs::MetadataExt;
         m.len() == size && m.mtime() * 1_000_000_000 + m.mtime_nsec() == mtime_ns
     });
     match &settings.after_ack {
-        AfterAck::Keep => {}
+        AfterAck::Keep => true,
         _ if !unchanged => {
-            debug!(path = %file.abs_path.display(), "changed since its ack; left in place")
+            debug!(path = %file.abs_path.display(), "changed since its ack; left in place");
+            true
         }
-        AfterAck::Delete => {
-            if let Err(error) = std::fs::remove_file(&file.abs_path) {
+        AfterAck::Delete => match std::fs::remove_file(&file.abs_path) {
+            Ok(()) => true,
+            Err(error) => {
                 warn!(path = %file.abs_path.display(), %error, "cannot delete after ack");
+                false
             }
-        }
+        },
         AfterAck::Move(dir) => {
             let target = dir.join(&file.root).join(&file.rel_path);
             let moved = target
@@ -742,9 +908,10 @@ fn after_ack(settings: &Settings, file: &OutgoingFile, size: u64, mtime_ns: i64)
                         std::fs::remove_file(&file.abs_path)
                     })
                 });
-            if let Err(error) = moved {
+            if let Err(error) = &moved {
                 warn!(path = %file.abs_path.display(), target = %target.display(), %error, "cannot move after ack");
             }
+            moved.is_ok()
         }
     }
 }

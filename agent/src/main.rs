@@ -1,6 +1,5 @@
 //! `ferry-agent`: command line entry point of the station agent.
 
-use std::io::{self, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -96,13 +95,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .with_ansi(io::stderr().is_terminal())
-        .try_init();
+    ferry_common::logging::init();
     let flag = HaltFlag::new(&settings.legacy.halt_flag, settings.legacy.halt_timeout);
     let result: anyhow::Result<()> = match args.command.as_str() {
         "run" if args.check => ferry_agent::daemon::station_id(&settings)
@@ -168,8 +161,10 @@ fn run(settings: config::Settings) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let readiness = ferry_common::readiness::Notifier::from_env();
     runtime.block_on(async {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let stopping = readiness.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
             if let (Ok(mut term), Ok(mut int)) = (
@@ -181,10 +176,11 @@ fn run(settings: config::Settings) -> anyhow::Result<()> {
                     _ = int.recv() => {}
                 }
                 tracing::info!("stopping");
+                stopping.stopping();
                 let _ = stop.send(true);
             }
         });
-        ferry_agent::daemon::run(settings, shutdown).await?;
+        ferry_agent::daemon::run(settings, shutdown, readiness).await?;
         Ok(())
     })
 }

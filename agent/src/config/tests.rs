@@ -322,3 +322,37 @@ fn load_reads_the_file_and_names_it_when_missing() {
     std::fs::write(&path, MINIMAL).unwrap();
     assert_eq!(load(&path).unwrap().roots[0].name, "data");
 }
+
+#[test]
+fn metrics_are_off_by_default_and_checked_when_configured() {
+    let s = parse_ok(MINIMAL);
+    assert_eq!(s.metrics, ferry_common::metrics::MetricsSettings::default());
+    let on = parse_ok(&with_root(
+        "[metrics]\nlisten = \"127.0.0.1:9477\"\ntextfile = \"/var/lib/node-exporter/ferry-agent.prom\"\ntextfile_interval_secs = 30",
+    ));
+    assert_eq!(on.metrics.listen, Some("127.0.0.1:9477".parse().unwrap()));
+    assert_eq!(
+        on.metrics.textfile.as_deref(),
+        Some(Path::new("/var/lib/node-exporter/ferry-agent.prom"))
+    );
+    assert_eq!(on.metrics.textfile_interval, Duration::from_secs(30));
+    for (extra, expected) in [
+        ("[metrics]\nlisten = \"somewhere\"", "metrics.listen"),
+        (
+            "[metrics]\ntextfile = \"ferry-agent.prom\"",
+            "metrics.textfile",
+        ),
+        (
+            "[metrics]\ntextfile = \"/x/ferry-agent.txt\"",
+            "metrics.textfile",
+        ),
+        (
+            "[metrics]\ntextfile_interval_secs = 0",
+            "metrics.textfile_interval_secs",
+        ),
+        ("[metrics]\nport = 9477", "unknown field `port`"),
+    ] {
+        let message = refused(&with_root(extra));
+        assert!(message.contains(expected), "{message} lacks {expected}");
+    }
+}
