@@ -21,7 +21,8 @@ pub struct TestCollector {
 
 impl TestCollector {
     /// Writes a config under the PKI's temp dir; `extra` is appended to the
-    /// `[limits]` table.
+    /// `[limits]` table. The status endpoint listens on a free loopback
+    /// port ([`TestCollector::http_addr`]).
     pub fn new(pki: &TestPki, limits: &str) -> anyhow::Result<Self> {
         let dir = pki.scratch("collector");
         let server = pki.server_files();
@@ -30,7 +31,7 @@ impl TestCollector {
             &config_path,
             format!(
                 "listen = \"127.0.0.1:0\"\nrepository = \"repository\"\nstate_dir = \"state\"\n\
-                 [tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[limits]\nheartbeat_secs = 1\nreserve_bytes = 0\n{limits}\n",
+                 [tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[limits]\nheartbeat_secs = 1\nreserve_bytes = 0\n{limits}\n",
                 pki.ca_path(),
                 server.cert,
                 server.key
@@ -63,9 +64,10 @@ impl TestCollector {
     /// whose port the test must know in advance), rewriting the config file.
     pub fn pin_port(&mut self, addr: std::net::SocketAddr) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(&self.config_path)?;
+        // The first `127.0.0.1:0` is the station listener's.
         std::fs::write(
             &self.config_path,
-            text.replace("127.0.0.1:0", &addr.to_string()),
+            text.replacen("127.0.0.1:0", &addr.to_string(), 1),
         )?;
         self.settings = config::load(&self.config_path)?;
         Ok(())
@@ -102,6 +104,30 @@ impl TestCollector {
     /// The address stations dial.
     pub fn endpoint(&self) -> String {
         self.settings.listen.to_string()
+    }
+
+    /// Where the running collector's status endpoint listens.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.running.as_ref().and_then(Collector::http_addr)
+    }
+
+    /// Where the running collector's `[metrics] listen` is, if configured.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.running.as_ref().and_then(Collector::metrics_addr)
+    }
+
+    /// Appends `text` (whole tables, e.g. `[metrics]`) to the config file
+    /// and reloads it; call before [`TestCollector::start`].
+    pub fn append_config(&mut self, text: &str) -> anyhow::Result<()> {
+        let mut config = std::fs::read_to_string(&self.config_path)?;
+        config.push('\n');
+        config.push_str(text);
+        config.push('\n');
+        std::fs::write(&self.config_path, config)?;
+        let listen = self.settings.listen;
+        self.settings = config::load(&self.config_path)?;
+        self.settings.listen = listen;
+        Ok(())
     }
 
     /// Where the repository is.

@@ -75,6 +75,9 @@ pub fn run(args: &[String]) -> Result<()> {
     )?;
 
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    // The status endpoint on a free port too, so a collector already on
+    // the default 7451 does not stop the quickstart.
+    let http_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let collector_toml = dir.join("collector.toml");
     std::fs::write(
         &collector_toml,
@@ -87,7 +90,8 @@ pub fn run(args: &[String]) -> Result<()> {
              [tls]\nca = \"pki/ca.pem\"\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\n\n\
              [catalog]\nprimary = \"sqlite://collector-state/catalog-primary.sqlite\"\n\
              backup = \"sqlite://collector-state/catalog-backup.sqlite\"\n\n\
-             [limits]\nreserve_bytes = 104857600\n"
+             [limits]\nreserve_bytes = 104857600\n\n\
+             [http]\nlisten = \"127.0.0.1:{http_port}\"\n"
         ),
     )?;
     let station = dir.join("station");
