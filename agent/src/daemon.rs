@@ -196,7 +196,7 @@ pub async fn run(
         _ = watching_rx => {
             info!(parent: &span, roots = settings.roots.len(), "agent running");
             readiness.ready(&format!(
-                "watching {} roots, sending to {}",
+                "watching {} root(s), sending to {}",
                 settings.roots.len(),
                 settings.collectors.join(", ")
             ));

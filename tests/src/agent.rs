@@ -57,12 +57,22 @@ impl TestAgent {
 
     /// Starts the agent process.
     pub fn start(&mut self) -> anyhow::Result<()> {
+        self.start_with_env(&[])
+    }
+
+    /// Starts the agent process with extra environment variables.
+    pub fn start_with_env(&mut self, env: &[(&str, &std::ffi::OsStr)]) -> anyhow::Result<()> {
         let bin = process::binary("ferry-agent")?;
         let config = self.config_path.to_string_lossy().into_owned();
         let log = self
             .log
             .with_extension(format!("{}.log", std::process::id() ^ rand_tag()));
-        self.process = Some(Process::start(&bin, &["run", "--config", &config], &log)?);
+        self.process = Some(Process::start_with_env(
+            &bin,
+            &["run", "--config", &config],
+            env,
+            &log,
+        )?);
         self.log = log;
         Ok(())
     }

@@ -51,9 +51,21 @@ pub struct Process {
 impl Process {
     /// Starts `binary` with `args`, logging to `log`.
     pub fn start(binary: &Path, args: &[&str], log: &Path) -> anyhow::Result<Self> {
+        Self::start_with_env(binary, args, &[], log)
+    }
+
+    /// Starts `binary` with `args` and extra environment variables `env`,
+    /// logging to `log`.
+    pub fn start_with_env(
+        binary: &Path,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
         let out = std::fs::File::create(log)?;
         let child = Command::new(binary)
             .args(args)
+            .envs(env.iter().copied())
             .env("FERRY_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
