@@ -346,7 +346,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger_path = dir.path().join("ledger.sqlite");
         drop(Ledger::open(&ledger_path).unwrap());
-        let flag = HaltFlag::new(&dir.path().join("HALT_FLAG"), Duration::from_secs(60));
+        let flag = HaltFlag::new(dir.path().join("HALT_FLAG"), Duration::from_secs(60));
         let source = Source::new(Metrics::new(), ledger_path, flag.clone());
         let text = source.render_blocking();
         assert!(text.contains("\nferry_agent_due_files 0\n"), "{text}");

@@ -348,11 +348,8 @@ fn labels_ok(mut s: &str) -> bool {
         let mut end = None;
         while let Some((i, c)) = chars.next() {
             match c {
-                '\\' => {
-                    if !matches!(chars.next(), Some((_, '\\' | '"' | 'n'))) {
-                        return false;
-                    }
-                }
+                '\\' if !matches!(chars.next(), Some((_, '\\' | '"' | 'n'))) => return false,
+                '\\' => {}
                 '"' => {
                     end = Some(i);
                     break;

@@ -120,12 +120,11 @@ impl Notifier {
     /// Sends `state` (newline-separated `KEY=value` assignments), logging a
     /// failure once.
     pub fn notify(&self, state: &str) {
-        if let Err(error) = self.try_notify(state) {
-            if let Some(target) = &self.target {
-                if !target.complained.swap(true, Ordering::Relaxed) {
-                    tracing::debug!(%error, "cannot notify the service manager");
-                }
-            }
+        if let Err(error) = self.try_notify(state)
+            && let Some(target) = &self.target
+            && !target.complained.swap(true, Ordering::Relaxed)
+        {
+            tracing::debug!(%error, "cannot notify the service manager");
         }
     }
 
