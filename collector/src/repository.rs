@@ -171,6 +171,15 @@ pub enum Placement {
     AlreadyThere { stored_as: String },
 }
 
+impl Placement {
+    /// Where the content is, relative to the repository root.
+    pub fn stored_as(&self) -> &str {
+        match self {
+            Self::Stored { stored_as } | Self::AlreadyThere { stored_as } => stored_as,
+        }
+    }
+}
+
 impl Repository {
     /// Opens (creating if needed) a repository and its staging area.
     pub fn open(root: &Path, staging: &Path) -> Result<Self, RepositoryError> {
@@ -248,9 +257,24 @@ impl Repository {
     }
 
     /// Links verified, fsynced content under its final name, or finds the
-    /// same content already there. `known` answers what content a stored
-    /// name holds, if the journal knows (else the file is hashed).
+    /// same content already there, and fsyncs the directory. `known`
+    /// answers what content a stored name holds, if the journal knows (else
+    /// the file is hashed).
     pub fn place(
+        &self,
+        staged: &Staged,
+        sha256: &Sha256,
+        known: impl Fn(&str) -> Option<Sha256>,
+    ) -> Result<Placement, RepositoryError> {
+        let placement = self.link(staged, sha256, known)?;
+        self.sync_parent(placement.stored_as())?;
+        Ok(placement)
+    }
+
+    /// [`Repository::place`] without the directory fsync: a batch links all
+    /// its files, then fsyncs each directory once with
+    /// [`Repository::sync_parent`] before anything is acknowledged.
+    pub fn link(
         &self,
         staged: &Staged,
         sha256: &Sha256,
@@ -264,10 +288,7 @@ impl Repository {
         for stored_as in [primary.clone(), beside(&primary, sha256)] {
             let target = self.root.join(&stored_as);
             match std::fs::hard_link(&staged.path, &target) {
-                Ok(()) => {
-                    sync_dir(&dir)?;
-                    return Ok(Placement::Stored { stored_as });
-                }
+                Ok(()) => return Ok(Placement::Stored { stored_as }),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     let there = match known(&stored_as) {
                         Some(sha) => sha,
@@ -285,15 +306,19 @@ impl Repository {
         let stored_as = beside_full(&primary, sha256);
         let target = self.root.join(&stored_as);
         match std::fs::hard_link(&staged.path, &target) {
-            Ok(()) => {
-                sync_dir(&dir)?;
-                Ok(Placement::Stored { stored_as })
-            }
+            Ok(()) => Ok(Placement::Stored { stored_as }),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 Ok(Placement::AlreadyThere { stored_as })
             }
             Err(e) => Err(io_err("link", &target)(e)),
         }
+    }
+
+    /// Fsyncs the directory holding `stored_as` (relative to the root), so
+    /// a link made in it survives a crash.
+    pub fn sync_parent(&self, stored_as: &str) -> Result<(), RepositoryError> {
+        let target = self.root.join(stored_as);
+        sync_dir(target.parent().unwrap_or(&self.root))
     }
 
     /// Removes a staging file once its content is placed (or refused).

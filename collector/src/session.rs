@@ -11,7 +11,7 @@
 //! window's worth of chunks; the dispatcher never waits on a session, and a
 //! station that sends beyond its window is disconnected.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::journal::{Journal, Record};
 use crate::metrics::Metrics;
-use crate::repository::{self, FileKey, Placement, Repository, Staged};
+use crate::repository::{self, FileKey, Placement, Repository, RepositoryError, Staged};
 
 /// What every session shares.
 #[derive(Debug)]
@@ -622,6 +622,10 @@ impl Session {
 /// Fsyncs and places each committed file, journals the records of the batch
 /// in one transaction, and returns each file's result. A file whose record
 /// is not in the journal is never reported stored.
+///
+/// Durability is grouped per batch: the staged files are fsynced together
+/// (concurrent flushes share the filesystem's journal commits), then linked,
+/// then each directory that gained a link is fsynced once, not once per file.
 fn place_batch(
     shared: &Shared,
     committed: Vec<(u32, Staged, Sha256)>,
@@ -630,19 +634,45 @@ fn place_batch(
     let repository = &shared.repository;
     let journal = &shared.journal;
     let now = now_ms();
-    let mut results = Vec::new();
-    let mut records = Vec::new();
-    let mut done = Vec::new();
-    for (id, staged, sha256) in committed {
-        let catalog_path = staged.key.catalog_path();
-        let station = staged.key.station.to_string();
-        let placed = staged.sync().and_then(|()| {
-            repository.place(&staged, &sha256, |name| {
+    let synced = in_parallel(&committed, |(_, staged, _)| staged.sync());
+    let mut placed = Vec::with_capacity(committed.len());
+    for ((id, staged, sha256), synced) in committed.into_iter().zip(synced) {
+        let placement = synced.and_then(|()| {
+            repository.link(&staged, &sha256, |name| {
                 journal.content_of(name).ok().flatten()
             })
         });
-        match placed {
+        placed.push((id, staged, sha256, placement));
+    }
+    // Each directory once, named by one of the files linked into it.
+    let dirs: BTreeMap<&str, &str> = placed
+        .iter()
+        .filter_map(|(.., p)| p.as_ref().ok())
+        .map(|p| (parent_of(p.stored_as()), p.stored_as()))
+        .collect();
+    let dirs: Vec<(&str, &str)> = dirs.into_iter().collect();
+    let dir_errors: HashMap<&str, RepositoryError> = dirs
+        .iter()
+        .zip(in_parallel(&dirs, |(_, file)| repository.sync_parent(file)))
+        .filter_map(|((dir, _), r)| r.err().map(|e| (*dir, e)))
+        .collect();
+    let mut results = Vec::new();
+    let mut records = Vec::new();
+    let mut done = Vec::new();
+    for (id, staged, sha256, placement) in &placed {
+        let (id, sha256) = (*id, *sha256);
+        let catalog_path = staged.key.catalog_path();
+        let station = staged.key.station.to_string();
+        let placement = match placement {
+            Ok(p) => match dir_errors.get(parent_of(p.stored_as())) {
+                Some(e) => Err(e),
+                None => Ok(p),
+            },
+            Err(e) => Err(e),
+        };
+        match placement {
             Ok(Placement::Stored { stored_as }) | Ok(Placement::AlreadyThere { stored_as }) => {
+                let stored_as = stored_as.clone();
                 let known = journal
                     .lookup(&station, &catalog_path, &sha256)
                     .ok()
@@ -672,18 +702,24 @@ fn place_batch(
                         outcome: Outcome::AlreadyStored { sha256, stored_as },
                     });
                 }
-                done.push(staged);
+                done.push(id);
             }
             Err(e) => {
                 warn!(path = %catalog_path, error = %e, "storing failed");
                 let _ = journal.record_failure(&station, &catalog_path, &e.to_string(), now);
                 results.push(FileResult {
                     id,
-                    outcome: Outcome::Failed(repository_error(&e)),
+                    outcome: Outcome::Failed(repository_error(e)),
                 });
             }
         }
     }
+    let done: HashSet<u32> = done.into_iter().collect();
+    let done: Vec<Staged> = placed
+        .into_iter()
+        .filter(|(id, ..)| done.contains(id))
+        .map(|(_, staged, ..)| staged)
+        .collect();
     if !records.is_empty() {
         let batch: Vec<Record> = records.iter().map(|(_, r)| r.clone()).collect();
         if let Err(e) = journal.append(&batch) {
@@ -715,6 +751,34 @@ fn place_batch(
         }
     }
     results
+}
+
+/// The directory part of a repository-relative path.
+fn parent_of(stored_as: &str) -> &str {
+    stored_as.rsplit_once('/').map_or("", |(dir, _)| dir)
+}
+
+/// Runs `f` on every item, on up to eight threads at once, and returns the
+/// results in order. Fsyncs issued together let the filesystem group them.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    const THREADS: usize = 8;
+    if items.len() <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let per_thread = items.len().div_ceil(THREADS);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(per_thread)
+            .map(|part| scope.spawn(|| part.iter().map(&f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }
 
 /// What a queued message costs in memory, roughly: its payload, or a small

@@ -2,6 +2,7 @@
 //! fresh Debian machine (`mariadb-server` for the catalog tests) and runs
 //! every test of the workspace.
 
+mod bench;
 mod quickstart;
 
 use std::process::{Command, ExitCode};
@@ -15,6 +16,9 @@ tasks:
   quickstart [DIR] build Ferry and run a collector and an agent on sample
                    data with the embedded SQLite catalogs (default DIR:
                    ferry-quickstart); leaves ready-to-edit configs in DIR
+  bench [ARGS...]  Ferry against rsync over ssh and sftp on three data sets,
+                   latency, 200-station fan-in, MariaDB apply rate; prints
+                   a table (ARGS: see `cargo xtask bench --help`)
   test [ARGS...]   run the whole test suite (cargo nextest when installed,
                    cargo test otherwise); ARGS go to the test runner
 ";
@@ -24,6 +28,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("quickstart") => quickstart::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{HELP}");
             Ok(())
@@ -61,7 +66,7 @@ fn test(extra: &[String]) -> Result<()> {
 /// The MariaDB tests start their own servers from the distribution's
 /// `mariadb-server` package; install it when `mariadbd` is missing. A
 /// system service the package may start is not used.
-fn ensure_mariadb() -> Result<()> {
+pub(crate) fn ensure_mariadb() -> Result<()> {
     if mariadbd_installed() {
         return Ok(());
     }

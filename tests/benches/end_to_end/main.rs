@@ -1,0 +1,186 @@
+//! `cargo xtask bench`: Ferry end to end against rsync over ssh and the
+//! legacy one-`get`-per-file sftp pattern, in one run on one machine, both
+//! sides on loopback; then close-to-catalog latency, a 200-station fan-in
+//! and the MariaDB apply rate. Prints a Markdown table (also written to
+//! `target/bench/report.md`).
+//!
+//! Timings on a small VM swing from run to run, so each data set is shipped
+//! in interleaved rounds (Ferry, rsync, sftp, Ferry, rsync, sftp, ...) and
+//! the table quotes medians and the median of the per-round ratios.
+
+#![allow(clippy::unwrap_used)] // a benchmark driver, not production code
+
+mod apply;
+mod baseline;
+mod data;
+mod fan_in;
+mod ferry;
+mod latency;
+mod stats;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use ferry_tests::pki::TestPki;
+
+use crate::data::DataSet;
+use crate::stats::{Measured, median};
+
+const HELP: &str = "\
+end_to_end benchmark (run it with `cargo xtask bench [OPTIONS]`)
+
+options:
+  --rounds N          interleaved rounds per data set (default 5)
+  --sets LIST         data sets to ship, of d1,d2,d3 (default all)
+  --skip LIST         parts to leave out, of transfer,latency,fan-in,apply
+  --latency-secs N    how long files are written at 50/s (default 60)
+  --stations N        stations in the fan-in (default 200)
+  --apply-rows N      catalog rows for the MariaDB apply rate (default 40000)
+  --dir DIR           work directory (default target/bench)
+";
+
+/// What one invocation runs.
+#[derive(Debug)]
+pub struct Options {
+    rounds: usize,
+    sets: Vec<DataSet>,
+    skip: Vec<String>,
+    latency_secs: u64,
+    stations: usize,
+    apply_rows: usize,
+    /// Data sets, certificates, runs and the report.
+    pub dir: PathBuf,
+}
+
+fn options() -> Result<Options> {
+    let mut options = Options {
+        rounds: 5,
+        sets: DataSet::ALL.to_vec(),
+        skip: Vec::new(),
+        latency_secs: 60,
+        stations: 200,
+        apply_rows: 40_000,
+        dir: target_dir().join("bench"),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--rounds" => options.rounds = value()?.parse()?,
+            "--sets" => {
+                options.sets = value()?
+                    .split(',')
+                    .map(DataSet::parse)
+                    .collect::<Result<_>>()?;
+            }
+            "--skip" => options.skip = value()?.split(',').map(str::to_owned).collect(),
+            "--latency-secs" => options.latency_secs = value()?.parse()?,
+            "--stations" => options.stations = value()?.parse()?,
+            "--apply-rows" => options.apply_rows = value()?.parse()?,
+            "--dir" => options.dir = PathBuf::from(value()?),
+            // `cargo bench` passes this to every bench target.
+            "--bench" => {}
+            "-h" | "--help" => {
+                print!("{HELP}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown option {other:?}\n{HELP}"),
+        }
+    }
+    if options.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    Ok(options)
+}
+
+/// `target/`, where the release binaries are.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || {
+            let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            tests.parent().unwrap_or(&tests).join("target")
+        },
+        PathBuf::from,
+    )
+}
+
+fn main() -> Result<()> {
+    let options = options()?;
+    std::fs::create_dir_all(&options.dir)?;
+    let bins = ferry::Binaries::release(&target_dir())?;
+    let pki = TestPki::new()?;
+    let mut report = String::new();
+    writeln!(report, "{}", stats::machine())?;
+
+    if !options.skip.iter().any(|s| s == "transfer") {
+        let ssh = baseline::Sshd::start(&options.dir.join("sshd"))?;
+        writeln!(
+            report,
+            "\n| data set | tool | seconds | MB/s | files/s | sender CPU s | receiver CPU s | agent RSS MiB | collector RSS MiB | Ferry speed-up (median of rounds) |\n|---|---|---|---|---|---|---|---|---|---|"
+        )?;
+        for set in &options.sets {
+            let dir = data::ensure(&options.dir.join("data"), *set)?;
+            let mut ferry_runs = Vec::new();
+            let mut rsync_runs = Vec::new();
+            let mut sftp_runs = Vec::new();
+            for round in 0..options.rounds {
+                let work = options.dir.join("runs");
+                let f = ferry::ship(&bins, &pki, &dir, &work)?;
+                eprintln!("{set} round {round}: ferry {:.2} s", f.seconds);
+                let r = ssh.rsync(&dir, &work)?;
+                eprintln!("{set} round {round}: rsync {:.2} s", r.seconds);
+                let s = ssh.sftp(&dir, &work)?;
+                eprintln!("{set} round {round}: sftp {:.2} s", s.seconds);
+                ferry_runs.push(f);
+                rsync_runs.push(r);
+                sftp_runs.push(s);
+            }
+            let vs = |base: &[Measured]| {
+                let ratios: Vec<f64> = ferry_runs
+                    .iter()
+                    .zip(base)
+                    .map(|(f, b)| b.seconds / f.seconds)
+                    .collect();
+                median(&ratios)
+            };
+            let (vs_rsync, vs_sftp) = (vs(&rsync_runs), vs(&sftp_runs));
+            for (tool, runs, ratio) in [
+                ("Ferry", &ferry_runs, String::new()),
+                (
+                    "rsync -a over ssh + sync",
+                    &rsync_runs,
+                    format!("{vs_rsync:.2}×"),
+                ),
+                (
+                    "sftp, one get per file + sync",
+                    &sftp_runs,
+                    format!("{vs_sftp:.2}×"),
+                ),
+            ] {
+                writeln!(report, "{}", stats::row(set, tool, runs, &ratio))?;
+            }
+            report_file(&options, &report)?;
+        }
+    }
+    if !options.skip.iter().any(|s| s == "latency") {
+        let figures = latency::run(&bins, &pki, &options)?;
+        writeln!(report, "\n{figures}")?;
+    }
+    if !options.skip.iter().any(|s| s == "fan-in") {
+        let figures = fan_in::run(&bins, &pki, &options)?;
+        writeln!(report, "\n{figures}")?;
+    }
+    if !options.skip.iter().any(|s| s == "apply") {
+        let figures = apply::run(&bins, &pki, &options)?;
+        writeln!(report, "\n{figures}")?;
+    }
+    println!("\n{report}");
+    report_file(&options, &report)?;
+    Ok(())
+}
+
+fn report_file(options: &Options, report: &str) -> Result<()> {
+    let path = options.dir.join("report.md");
+    std::fs::write(&path, report).with_context(|| format!("cannot write {}", path.display()))
+}
