@@ -46,7 +46,7 @@ pub fn run(bins: &Binaries, pki: &TestPki, options: &Options) -> Result<String> 
     eprintln!("latency: writing {count} files at {PER_SECOND}/s");
     let writer_root = root.clone();
     let writer = std::thread::spawn(move || -> Result<Vec<(String, Instant)>> {
-        let mut rng = Rng(0x1a7e_9c1);
+        let mut rng = Rng(0x01a7_e9c1);
         let mut closed = Vec::new();
         let start = Instant::now();
         for i in 0..count {
