@@ -76,7 +76,8 @@ impl Collector {
                 "listen = \"{addr}\"\nrepository = {repo:?}\nstate_dir = {state:?}\n\n\
                  [tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\n\
                  [catalog]\nprimary = {primary_url:?}\nbackup = \"sqlite://{backup}\"\n\n\
-                 [limits]\nreserve_bytes = 104857600\n",
+                 [limits]\nreserve_bytes = 104857600\n\n\
+                 [http]\nlisten = \"127.0.0.1:0\"\n",
                 repo = dir.join("repository"),
                 ca = pki.ca_path(),
                 cert = server.cert,
