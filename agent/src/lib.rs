@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod due_list;
 pub mod halt_flag;
 pub mod ledger;
+pub mod sandbox;
 pub mod sender;
 pub mod status;
 pub mod watch;
