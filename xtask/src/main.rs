@@ -2,6 +2,7 @@
 //! fresh Debian machine (`mariadb-server` for the catalog tests) and runs
 //! every test of the workspace.
 
+mod package;
 mod quickstart;
 
 use std::process::{Command, ExitCode};
@@ -15,6 +16,11 @@ tasks:
   quickstart [DIR] build Ferry and run a collector and an agent on sample
                    data with the embedded SQLite catalogs (default DIR:
                    ferry-quickstart); leaves ready-to-edit configs in DIR
+  package [--check]
+                   build the .deb and .rpm of ferry-agent and
+                   ferry-collector into target/packages; --check also
+                   inspects them, runs lintian, rpm and systemd-analyze,
+                   and installs the .debs into a Debian root
   test [ARGS...]   run the whole test suite (cargo nextest when installed,
                    cargo test otherwise); ARGS go to the test runner
 ";
@@ -24,6 +30,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("quickstart") => quickstart::run(&args[1..]),
+        Some("package") => package::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{HELP}");
             Ok(())
