@@ -4,6 +4,7 @@
 //! `systemd-analyze verify` and `security` of both units, and an install
 //! test of the .debs in a Debian root, ending in a summary.
 
+mod boot;
 mod inspect;
 mod install;
 
@@ -29,6 +30,8 @@ struct Daemon {
     config: &'static str,
     /// State directories below `/var/lib/ferry`, owned by `ferry`, 0750.
     state_dirs: &'static [&'static str],
+    /// The unit's line that lets it write them.
+    unit_state: &'static str,
 }
 
 const DAEMONS: [Daemon; 2] = [
@@ -37,12 +40,14 @@ const DAEMONS: [Daemon; 2] = [
         crate_dir: "agent",
         config: "agent.toml",
         state_dirs: &["agent"],
+        unit_state: "StateDirectory=ferry/agent",
     },
     Daemon {
         name: "ferry-collector",
         crate_dir: "collector",
         config: "collector.toml",
         state_dirs: &["collector", "repository"],
+        unit_state: "ReadWritePaths=/var/lib/ferry",
     },
 ];
 
@@ -216,13 +221,15 @@ fn ensure_cargo_tool((krate, version): (&str, &str)) -> Result<()> {
     Ok(())
 }
 
-/// lintian, rpm, debootstrap and systemd-analyze, from apt when missing.
+/// lintian, rpm, debootstrap, systemd-analyze and systemd-nspawn, from apt
+/// when missing.
 fn ensure_apt_tools() -> Result<()> {
     let needed: Vec<&str> = [
         ("lintian", "lintian"),
         ("rpm", "rpm"),
         ("debootstrap", "debootstrap"),
         ("systemd-analyze", "systemd"),
+        ("systemd-nspawn", "systemd-container"),
     ]
     .into_iter()
     .filter(|(program, _)| !on_path(program))
@@ -276,42 +283,69 @@ fn capture(command: &mut Command) -> Result<String> {
 /// The outcome of every check, printed at the end.
 #[derive(Debug, Default)]
 struct Report {
-    rows: Vec<(String, Result<String, String>)>,
+    rows: Vec<(String, Outcome)>,
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Passed(String),
+    Failed(String),
+    /// Could not run here, for a reason outside the packages.
+    Skipped(String),
 }
 
 impl Report {
     /// Runs one check and records its outcome; true if it passed.
     fn check(&mut self, name: impl Into<String>, check: impl FnOnce() -> Result<String>) -> bool {
-        let name = name.into();
-        let outcome = check().map_err(|e| format!("{e:#}"));
-        match &outcome {
-            Ok(detail) => println!("check ok: {name}: {detail}"),
-            Err(error) => println!("check FAILED: {name}: {error}"),
-        }
-        let passed = outcome.is_ok();
-        self.rows.push((name, outcome));
+        let outcome = match check() {
+            Ok(detail) => Outcome::Passed(detail),
+            Err(error) => Outcome::Failed(format!("{error:#}")),
+        };
+        let passed = matches!(outcome, Outcome::Passed(_));
+        self.record(name.into(), outcome);
         passed
     }
 
+    fn record(&mut self, name: String, outcome: Outcome) {
+        let (mark, text) = outcome.show();
+        println!("check {}: {name}: {text}", mark.trim());
+        self.rows.push((name, outcome));
+    }
+
     fn failed(&self) -> usize {
-        self.rows.iter().filter(|(_, o)| o.is_err()).count()
+        self.count(|o| matches!(o, Outcome::Failed(_)))
+    }
+
+    fn count(&self, which: impl Fn(&Outcome) -> bool) -> usize {
+        self.rows.iter().filter(|(_, o)| which(o)).count()
     }
 
     fn print(&self) {
         println!("\npackage checks:");
         for (name, outcome) in &self.rows {
-            let (mark, text) = match outcome {
-                Ok(detail) => ("ok  ", detail),
-                Err(error) => ("FAIL", error),
-            };
+            let (mark, text) = outcome.show();
             let mut lines = text.lines();
             println!("  {mark} {name}: {}", lines.next().unwrap_or_default());
             for line in lines {
                 println!("         {line}");
             }
         }
-        let failed = self.failed();
-        println!("{} passed, {failed} failed", self.rows.len() - failed);
+        let passed = self.count(|o| matches!(o, Outcome::Passed(_)));
+        let skipped = self.count(|o| matches!(o, Outcome::Skipped(_)));
+        println!(
+            "{passed} passed, {} failed, {skipped} skipped",
+            self.failed()
+        );
+    }
+}
+
+impl Outcome {
+    fn show(&self) -> (&'static str, &str) {
+        match self {
+            Outcome::Passed(text) => ("ok  ", text),
+            Outcome::Failed(text) => ("FAIL", text),
+            Outcome::Skipped(text) => ("skip", text),
+        }
     }
 }
 

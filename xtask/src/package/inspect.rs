@@ -247,18 +247,10 @@ fn unit_settings(d: &Daemon, tree: &Path) -> Result<String> {
         "ExecStart=/usr/bin/{} run --config /etc/ferry/{}",
         d.name, d.config
     );
-    let state = format!(
-        "StateDirectory={}",
-        d.state_dirs
-            .iter()
-            .map(|dir| format!("ferry/{dir}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
     let missing: Vec<&str> = UNIT_LINES
         .iter()
         .copied()
-        .chain([exec.as_str(), state.as_str()])
+        .chain([exec.as_str(), d.unit_state])
         .filter(|line| !lines.contains(line))
         .collect();
     ensure!(missing.is_empty(), "missing: {}", missing.join(", "));
