@@ -210,13 +210,13 @@ fn ensure_cargo_tool((krate, version): (&str, &str)) -> Result<()> {
         });
     if !installed {
         eprintln!("xtask: installing {krate} {version}");
-        crate::run(Command::new("cargo").args([
-            "install",
-            "--locked",
-            krate,
-            "--version",
-            version,
-        ]))?;
+        // Built in a temporary directory that cargo removes, not in the
+        // workspace's target directory.
+        crate::run(
+            Command::new("cargo")
+                .args(["install", "--locked", krate, "--version", version])
+                .env_remove("CARGO_TARGET_DIR"),
+        )?;
     }
     Ok(())
 }

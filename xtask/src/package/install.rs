@@ -3,9 +3,10 @@
 //! under `target/debootstrap/`), then used, upgraded, removed and purged;
 //! and the .rpms' scriptlets run by `rpm --root` in a second such root.
 //!
-//! The roots have no systemd, and none runs as PID 1: maintainer scripts
-//! take their no-systemd paths (useradd, install -d) and enable the units
-//! as symlinks only; nothing is started. No file system is mounted in them.
+//! These two roots have no systemd: maintainer scripts take their
+//! no-systemd paths (useradd, install -d) and enable the units as symlinks
+//! only; nothing is started, and no file system is mounted in them. The
+//! root with systemd, which is booted, is `boot`'s.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
