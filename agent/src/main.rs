@@ -19,6 +19,9 @@ commands:
              (--json for machine-readable output)
   halt       raise an operator HALT_FLAG: the agent stops sending until resume
   resume     remove the operator HALT_FLAG
+  systemd-dropin
+             print the systemd drop-in that opens ferry-agent.service's
+             sandbox to this configuration's roots and legacy paths
   help       print this help
 
 options:
@@ -131,6 +134,9 @@ fn main() -> ExitCode {
             )),
             Err(error) => Err(error.into()),
         },
+        "systemd-dropin" => ferry_agent::sandbox::systemd_dropin(&settings, &args.config)
+            .map(|text| print!("{text}"))
+            .map_err(Into::into),
         "resume" => match flag.resume() {
             Ok(Resumed::Removed(_)) => {
                 println!("resumed");

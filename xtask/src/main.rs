@@ -3,6 +3,7 @@
 //! every test of the workspace.
 
 mod bench;
+mod package;
 mod quickstart;
 
 use std::process::{Command, ExitCode};
@@ -19,6 +20,11 @@ tasks:
   bench [ARGS...]  Ferry against rsync over ssh and sftp on three data sets,
                    latency, 200-station fan-in, MariaDB apply rate; prints
                    a table (ARGS: see `cargo xtask bench --help`)
+  package [--check]
+                   build the .deb and .rpm of ferry-agent and
+                   ferry-collector into target/packages; --check also
+                   inspects them, runs lintian, rpm and systemd-analyze,
+                   and installs the .debs into a Debian root
   test [ARGS...]   run the whole test suite (cargo nextest when installed,
                    cargo test otherwise); ARGS go to the test runner
 ";
@@ -29,6 +35,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("quickstart") => quickstart::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("package") => package::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{HELP}");
             Ok(())
