@@ -39,7 +39,8 @@ ferry-collector pki issue-station --dir $P --out-cert $P/station.pem \
     --out-key $P/station.key "$STATION" >/dev/null
 chgrp ferry $P/server.key $P/station.key
 chmod 0640 $P/server.key $P/station.key
-sed -i 's/^listen = .*/listen = "127.0.0.1:7450"/' /etc/ferry/collector.toml
+# Only the first `listen` (the station port; [http] has its own).
+sed -i '0,/^listen = .*/s//listen = "127.0.0.1:7450"/' /etc/ferry/collector.toml
 sed -i 's/^collectors = .*/collectors = ["127.0.0.1:7450"]/' /etc/ferry/agent.toml
 mkdir -p "$(dirname "$SAMPLE")" /mnt/nfs/station-logs /home/other
 printf '%s' "$CONTENT" > "$SAMPLE"
@@ -76,6 +77,8 @@ done
         echo "$u.result=$(systemctl show -p Result --value $u)"
         echo "$u.status=$(systemctl show -p ExecMainStatus --value $u)"
     done
+    echo "collector.toml listen lines: $(grep -n listen /etc/ferry/collector.toml | tr '\n' ' ')"
+    echo "/proc/net/tcp: $(cat /proc/net/tcp | tr '\n' '|')"
     echo "journal:"
     journalctl -u ferry-collector -u ferry-agent --no-pager -o cat
 } > /root/smoke.log 2>&1
