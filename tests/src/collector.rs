@@ -1,5 +1,8 @@
-//! A real collector for tests, in-process, configured through a real config
-//! file in a temp dir, with both catalogs on the embedded SQLite default.
+//! A real collector for tests, configured through a real config file in a
+//! temp dir, with both catalogs on the embedded SQLite default (or MariaDB
+//! servers of the harness). It runs in-process ([`TestCollector::start`]) or
+//! as a real `ferry-collector` process that a test can `kill -9`
+//! ([`TestCollector::spawn`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +13,7 @@ use ferry_collector::journal::Record;
 use ferry_collector::store::{AnyStore, CatalogStore};
 
 use crate::pki::TestPki;
+use crate::process::{self, Process};
 
 /// A collector's directories and settings; start and stop it at will.
 #[derive(Debug)]
@@ -17,6 +21,10 @@ pub struct TestCollector {
     pub settings: Settings,
     pub config_path: PathBuf,
     running: Option<Collector>,
+    /// The `ferry-collector` process, when run as one.
+    process: Option<Process>,
+    /// Processes started so far: each logs to its own file.
+    launches: u32,
 }
 
 impl TestCollector {
@@ -41,6 +49,8 @@ impl TestCollector {
             settings,
             config_path,
             running: None,
+            process: None,
+            launches: 0,
         })
     }
 
@@ -97,6 +107,74 @@ impl TestCollector {
         if let Some(collector) = self.running.take() {
             collector.stop().await;
         }
+    }
+
+    /// Starts the collector as a real `ferry-collector run` process (on a
+    /// port fixed at the first start, so stations find it again after a
+    /// restart) and waits until it listens.
+    pub async fn spawn(&mut self) -> anyhow::Result<String> {
+        if self.settings.listen.port() == 0 {
+            self.pin_port(process::free_port()?)?;
+        }
+        let bin = process::binary("ferry-collector")?;
+        self.launches += 1;
+        let log = self.log_path(self.launches);
+        let config = self.config_path.to_string_lossy().into_owned();
+        self.process = Some(Process::start(&bin, &["run", "--config", &config], &log)?);
+        let addr = self.settings.listen;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if let Some(p) = self.process.as_mut()
+                && let Some(status) = p.child.try_wait()?
+            {
+                self.process = None;
+                anyhow::bail!("ferry-collector exited with {status}:\n{}", self.log_text());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "ferry-collector does not listen on {addr} after 30 s:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(self.endpoint())
+    }
+
+    /// SIGKILL to the collector process: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill9();
+        }
+    }
+
+    /// SIGTERM to the collector process and wait for a clean exit.
+    pub fn terminate(&mut self) -> anyhow::Result<()> {
+        if let Some(mut p) = self.process.take() {
+            let status = p.terminate(Duration::from_secs(30))?;
+            anyhow::ensure!(
+                status.success(),
+                "ferry-collector exited with {status}:\n{}",
+                self.log_text()
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the collector process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.process
+            .as_mut()
+            .is_some_and(|p| matches!(p.child.try_wait(), Ok(None)))
+    }
+
+    /// The log of the latest collector process.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log_path(self.launches)).unwrap_or_default()
+    }
+
+    fn log_path(&self, launch: u32) -> PathBuf {
+        self.config_path
+            .with_file_name(format!("collector-{launch}.log"))
     }
 
     /// The address stations dial.

@@ -51,10 +51,20 @@ pub struct Process {
 impl Process {
     /// Starts `binary` with `args`, logging to `log`.
     pub fn start(binary: &Path, args: &[&str], log: &Path) -> anyhow::Result<Self> {
+        Self::start_logging(binary, args, log, "info")
+    }
+
+    /// [`Process::start`] with the log filter `FERRY_LOG` set to `filter`.
+    pub fn start_logging(
+        binary: &Path,
+        args: &[&str],
+        log: &Path,
+        filter: &str,
+    ) -> anyhow::Result<Self> {
         let out = std::fs::File::create(log)?;
         let child = Command::new(binary)
             .args(args)
-            .env("FERRY_LOG", "info")
+            .env("FERRY_LOG", filter)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
