@@ -259,6 +259,17 @@ fn rescan(
         let (settled, young): (Vec<Seen>, Vec<Seen>) = seen
             .into_iter()
             .partition(|s| now.duration_since(s.mtime).unwrap_or_default() >= settings.settle);
+        // Files not entered now (still settling, or too young) are still
+        // there: the sweep below must not take them for vanished.
+        let waiting: Vec<Observation> = young
+            .iter()
+            .chain(settled.iter().filter(|s| !eligible(settings, s, now)))
+            .map(observation)
+            .collect();
+        if let Err(error) = tokio::task::block_in_place(|| lock(ledger).still_there(&waiting, now))
+        {
+            warn!(%error, "ledger update failed");
+        }
         for s in young {
             settler.note(s, now);
         }
@@ -558,7 +569,7 @@ async fn send_due(
         };
         let keys: Vec<_> = batch.iter().map(|d| d.key).collect();
         let _ = tokio::task::block_in_place(|| lock(&ledger).mark_sending(&keys));
-        let files: Vec<OutgoingFile> = batch
+        let mut files: Vec<OutgoingFile> = batch
             .iter()
             .map(|d| OutgoingFile {
                 root: d.root.clone(),
@@ -572,6 +583,14 @@ async fn send_due(
                 sha256: None,
             })
             .collect();
+        // An earlier offer of these may have been stored with its ack lost:
+        // offering the hash lets the collector say so instead of asking for
+        // the whole file again.
+        for (file, due) in files.iter_mut().zip(&batch) {
+            if due.offered {
+                file.sha256 = tokio::task::block_in_place(|| sender::hash_unchanged(file));
+            }
+        }
         batch_no += 1;
         let span = info_span!("batch", batch = batch_no, files = files.len());
         let result = sender::send_batch(current, &mut flow, batch_no, &files)

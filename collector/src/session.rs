@@ -311,6 +311,7 @@ impl Session {
                     tokio::task::spawn_blocking(move || journal.lookup(&station, &path, &sha))
                         .await;
                 if let Ok(Ok(Some(stored_as))) = found {
+                    tokio::task::block_in_place(|| self.shared.repository.drop_staged(&key));
                     batch.results.push(FileResult {
                         id: file.id,
                         outcome: Outcome::AlreadyStored {
