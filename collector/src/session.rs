@@ -177,6 +177,8 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
 
 struct Offered {
     key: FileKey,
+    /// Where the content was asked to start (what was staged already).
+    from: u64,
 }
 
 #[derive(Default)]
@@ -338,7 +340,8 @@ impl Session {
             }
             let offset = self.shared.repository.staged_len(&key);
             batch.waiting.insert(file.id);
-            self.offered.insert((offer.batch, file.id), Offered { key });
+            self.offered
+                .insert((offer.batch, file.id), Offered { key, from: offset });
             needs.push(FileNeed {
                 id: file.id,
                 need: Need::From { offset },
@@ -496,7 +499,14 @@ impl Session {
                 if let Some(staged) = self.staged.remove(&(commit.batch, commit.file)) {
                     batch.committed.push((commit.file, staged, commit.sha256));
                 }
-                self.offered.remove(&(commit.batch, commit.file));
+                if let Some(offered) = self.offered.remove(&(commit.batch, commit.file)) {
+                    debug!(
+                        path = %offered.key.catalog_path(),
+                        size = offered.key.size,
+                        from = offered.from,
+                        "file received"
+                    );
+                }
                 self.maybe_finish(commit.batch).await;
             }
         }
