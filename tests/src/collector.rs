@@ -15,12 +15,34 @@ use ferry_collector::store::{AnyStore, CatalogStore};
 use crate::pki::TestPki;
 use crate::process::{self, Process};
 
+/// One file's content received by the collector, from the offset it asked
+/// for to the commit (a `file received` line of its debug log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub station: String,
+    /// `<root>/<path>`, as in the catalog.
+    pub path: String,
+    pub size: u64,
+    /// Where the collector asked the content to start.
+    pub from: u64,
+}
+
+impl Received {
+    /// Whether the whole (non-empty) file crossed the link for this commit.
+    pub fn in_full(&self) -> bool {
+        self.size > 0 && self.from == 0
+    }
+}
+
 /// A collector's directories and settings; start and stop it at will.
 #[derive(Debug)]
 pub struct TestCollector {
     pub settings: Settings,
     pub config_path: PathBuf,
     running: Option<Collector>,
+    /// `FERRY_LOG` for the collector process (`info` unless a test asks
+    /// more).
+    pub log_filter: String,
     /// The `ferry-collector` process, when run as one.
     process: Option<Process>,
     /// Processes started so far: each logs to its own file.
@@ -49,6 +71,7 @@ impl TestCollector {
             settings,
             config_path,
             running: None,
+            log_filter: "info".to_owned(),
             process: None,
             launches: 0,
         })
@@ -120,7 +143,12 @@ impl TestCollector {
         self.launches += 1;
         let log = self.log_path(self.launches);
         let config = self.config_path.to_string_lossy().into_owned();
-        self.process = Some(Process::start(&bin, &["run", "--config", &config], &log)?);
+        self.process = Some(Process::start_logging(
+            &bin,
+            &["run", "--config", &config],
+            &log,
+            &self.log_filter,
+        )?);
         let addr = self.settings.listen;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(addr).await.is_err() {
@@ -170,6 +198,35 @@ impl TestCollector {
     /// The log of the latest collector process.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.log_path(self.launches)).unwrap_or_default()
+    }
+
+    /// Every file content the collector processes received whole or in
+    /// part and saw committed, oldest first, from their logs (`log_filter`
+    /// must enable `ferry_collector::session=debug`).
+    pub fn received(&self) -> Vec<Received> {
+        let mut out = Vec::new();
+        for launch in 1..=self.launches {
+            let text = std::fs::read_to_string(self.log_path(launch)).unwrap_or_default();
+            for line in text.lines() {
+                let Some((context, fields)) = line.split_once("file received ") else {
+                    continue;
+                };
+                let field = |text: &str, name: &str| -> String {
+                    text.split([' ', '{', '}', ':'])
+                        .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let number = |name: &str| field(fields, name).parse().unwrap_or(0);
+                out.push(Received {
+                    station: field(context, "station"),
+                    path: field(fields, "path"),
+                    size: number("size"),
+                    from: number("from"),
+                });
+            }
+        }
+        out
     }
 
     fn log_path(&self, launch: u32) -> PathBuf {

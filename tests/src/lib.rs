@@ -14,6 +14,7 @@ pub mod raw;
 pub mod receiver;
 pub mod rng;
 pub mod station;
+pub mod workload;
 
 /// Sends `tracing` output to the test's captured output (RUST_LOG filters;
 /// warnings by default). Safe to call from every test.
