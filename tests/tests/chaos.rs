@@ -528,6 +528,17 @@ async fn files_survive_kills_cuts_and_database_outages_exactly_once() {
     let received_bytes: u64 = receipts.values().flatten().map(|r| r.size - r.from).sum();
     let resumed = receipts.values().flatten().filter(|r| r.from > 0).count();
     let up_bytes: u64 = proxies.iter().map(|p| p.forwarded(Direction::Up)).sum();
+    // Files the collector answered with an error (retried later).
+    let failed: usize = agents
+        .iter()
+        .flat_map(|a| a.logs())
+        .map(|log| {
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .matches("file not stored; will retry")
+                .count()
+        })
+        .sum();
 
     let Problems {
         lost,
@@ -552,6 +563,7 @@ chaos figures
   backup outages    {bo} ({bk} SIGKILL, {bs} stop)
   received          {received} by the collector ({ratio:.3} x the file bytes), {up} up through the proxies
   resumed           {resumed} files (content asked from an offset past 0)
+  failed, retried   {failed} file results
   resent in full    {resent}
   duplicates        {dups}
   lost              {lost}
