@@ -362,7 +362,15 @@ async fn files_survive_kills_cuts_and_database_outages_exactly_once() {
     let mut agents = Vec::new();
     for i in 0..plan.stations {
         let proxy = Arc::new(Proxy::start(settings.listen).await.unwrap());
-        let agent = TestAgent::new(&pki, &station_name(i), &proxy.addr.to_string(), "").unwrap();
+        // Every other station deletes its files once they are acked (and
+        // so the run needs less disk).
+        let after_ack = if i % 2 == 0 {
+            "[after_ack]\naction = \"delete\""
+        } else {
+            ""
+        };
+        let agent =
+            TestAgent::new(&pki, &station_name(i), &proxy.addr.to_string(), after_ack).unwrap();
         proxies.push(proxy);
         agents.push(agent);
     }
@@ -528,6 +536,13 @@ async fn files_survive_kills_cuts_and_database_outages_exactly_once() {
     let commits = receipts.values().map(Vec::len).sum::<usize>();
     let resumed = receipts.values().flatten().filter(|r| r.from > 0).count();
     let up_bytes: u64 = proxies.iter().map(|p| p.forwarded(Direction::Up)).sum();
+    // Files of deleting stations still there after their ack.
+    let kept_after_ack: usize = agents
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 0)
+        .map(|(_, a)| tree(&a.root).len())
+        .sum();
     // Files the collector answered with an error (retried later).
     let failed: usize = agents
         .iter()
@@ -569,7 +584,8 @@ chaos figures
   lost              {lost}
   wrong content     {wrong}
   staging left      {staging}
-  BACKUP_DONE       {backup_done_lines} of {total} files",
+  BACKUP_DONE       {backup_done_lines} of {total} files
+  not deleted       {kept_after_ack} acked files still on stations that delete after the ack",
         seed = plan.seed,
         stations = plan.stations,
         during_count = total - before_count,
