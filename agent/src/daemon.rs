@@ -17,7 +17,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::config::{AfterAck, Root, Settings};
 use crate::due_list;
 use crate::halt_flag::{self, HaltFlag, Held, Raise};
-use crate::ledger::{Acked, DueFile, Ledger, Observation, Observed};
+use crate::ledger::{Acked, AckedFile, DueFile, Ledger, Observation, Observed};
 use crate::sender::{self, Flow, OutgoingFile};
 use crate::status::{self, LinkState};
 use crate::watch::{self as files, Change, Seen, Settler};
@@ -109,6 +109,7 @@ pub async fn run(
     };
     let ledger = Arc::new(Mutex::new(Ledger::open(&settings.ledger)?));
     import_legacy(&settings, &ledger);
+    finish_acked(&settings, &ledger, true);
     let due_changed = Arc::new(DueSignal::default());
     let settings = Arc::new(settings);
     let span = info_span!("agent", %station);
@@ -260,13 +261,16 @@ fn rescan(
             .into_iter()
             .partition(|s| now.duration_since(s.mtime).unwrap_or_default() >= settings.settle);
         // Files not entered now (still settling, or too young) are still
-        // there: the sweep below must not take them for vanished.
+        // there: the sweep below must not take them for vanished (so they
+        // are marked seen at a time not before `started`).
         let waiting: Vec<Observation> = young
             .iter()
             .chain(settled.iter().filter(|s| !eligible(settings, s, now)))
             .map(observation)
             .collect();
-        if let Err(error) = tokio::task::block_in_place(|| lock(ledger).still_there(&waiting, now))
+        let seen_at = SystemTime::now();
+        if let Err(error) =
+            tokio::task::block_in_place(|| lock(ledger).still_there(&waiting, seen_at))
         {
             warn!(%error, "ledger update failed");
         }
@@ -599,7 +603,7 @@ async fn send_due(
         match result {
             Ok(reports) => {
                 backoff.reset();
-                settle_batch(&settings, &ledger, &batch, &files, reports, &state_path);
+                settle_batch(&settings, &ledger, &batch, reports, &state_path);
                 dirty = true;
             }
             Err(error) => {
@@ -669,7 +673,6 @@ fn settle_batch(
     settings: &Settings,
     ledger: &Shared,
     batch: &[DueFile],
-    files: &[OutgoingFile],
     reports: Vec<sender::FileReport>,
     state_path: &Path,
 ) {
@@ -704,65 +707,105 @@ fn settle_batch(
             return;
         }
     };
-    let done: Vec<PathBuf> = acked
-        .iter()
-        .filter_map(|a| {
-            files
-                .iter()
-                .find(|f| f.root == a.root && Path::new(&f.rel_path) == a.rel_path)
-        })
-        .map(|f| f.abs_path.clone())
-        .collect();
-    if let Err(error) = due_list::append_backup_done(&settings.legacy.backup_done, &done) {
-        warn!(%error, "cannot append to BACKUP_DONE");
-    }
-    for a in &acked {
-        let Some(f) = files
-            .iter()
-            .find(|f| f.root == a.root && Path::new(&f.rel_path) == a.rel_path)
-        else {
-            continue;
-        };
-        after_ack(settings, f, a.identity.size, a.identity.mtime_ns);
-    }
+    finish_acked(settings, ledger, false);
     info!(acked = acked.len(), failed, "batch done");
     let mut state = status::read(state_path);
     state.last_ack = Some(now);
     status::write(state_path, &state);
 }
 
-/// Applies the configured post-ack action, only to the very file that was
-/// acknowledged (same size and mtime).
-fn after_ack(settings: &Settings, file: &OutgoingFile, size: u64, mtime_ns: i64) {
-    let unchanged = std::fs::symlink_metadata(&file.abs_path).is_ok_and(|m| {
+/// The post-ack work of every acked file still waiting for it (this
+/// batch's, and any that a stop or a write error left): its `BACKUP_DONE`
+/// line, then the configured action, then the ledger records it done. A
+/// stop anywhere in between leaves the work pending for the next start, so
+/// no line and no deletion is lost. At start (`restarted`), files already on
+/// the last lines of `BACKUP_DONE` (written just before a stop) are not
+/// written twice.
+fn finish_acked(settings: &Settings, ledger: &Shared, restarted: bool) {
+    let pending = match tokio::task::block_in_place(|| lock(ledger).post_ack_pending()) {
+        Ok(pending) if !pending.is_empty() => pending,
+        Ok(_) => return,
+        Err(error) => {
+            warn!(%error, "ledger unreadable; post-ack work postponed");
+            return;
+        }
+    };
+    let roots = settings.root_dirs();
+    let written: std::collections::HashSet<PathBuf> = if restarted {
+        let tail = (pending.len() as u64 + 1) * due_list::MAX_LINE as u64;
+        due_list::backup_done_tail(&settings.legacy.backup_done, tail)
+            .unwrap_or_default()
+            .into_iter()
+            .collect()
+    } else {
+        Default::default()
+    };
+    let files: Vec<(&AckedFile, PathBuf)> = pending
+        .iter()
+        .filter_map(|a| roots.get(&a.root).map(|dir| (a, dir.join(&a.rel_path))))
+        .collect();
+    let lines = files
+        .iter()
+        .map(|(_, path)| path)
+        .filter(|path| !written.contains(*path));
+    match tokio::task::block_in_place(|| {
+        due_list::append_backup_done(&settings.legacy.backup_done, lines)
+    }) {
+        Ok(left_out) => {
+            for path in left_out {
+                warn!(path = ?path, "name contains a newline: left out of BACKUP_DONE");
+            }
+        }
+        Err(error) => {
+            warn!(%error, "cannot append to BACKUP_DONE; will retry");
+            return;
+        }
+    }
+    for (acked, path) in &files {
+        after_ack(settings, acked, path);
+    }
+    if let Err(error) = tokio::task::block_in_place(|| lock(ledger).post_ack_done(&pending)) {
+        warn!(%error, "ledger update failed");
+    }
+}
+
+/// Applies the configured post-ack action to `path`, only if it is still
+/// the very file that was acknowledged (same size and mtime).
+fn after_ack(settings: &Settings, acked: &AckedFile, path: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        // Gone already (moved or deleted before a stop, or by someone else).
+        return;
+    };
+    let unchanged = {
         use std::os::unix::fs::MetadataExt;
-        m.len() == size && m.mtime() * 1_000_000_000 + m.mtime_nsec() == mtime_ns
-    });
+        meta.len() == acked.identity.size
+            && meta.mtime() * 1_000_000_000 + meta.mtime_nsec() == acked.identity.mtime_ns
+    };
     match &settings.after_ack {
         AfterAck::Keep => {}
         _ if !unchanged => {
-            debug!(path = %file.abs_path.display(), "changed since its ack; left in place")
+            debug!(path = %path.display(), "changed since its ack; left in place")
         }
         AfterAck::Delete => {
-            if let Err(error) = std::fs::remove_file(&file.abs_path) {
-                warn!(path = %file.abs_path.display(), %error, "cannot delete after ack");
+            if let Err(error) = std::fs::remove_file(path) {
+                warn!(path = %path.display(), %error, "cannot delete after ack");
             }
         }
         AfterAck::Move(dir) => {
-            let target = dir.join(&file.root).join(&file.rel_path);
+            let target = dir.join(&acked.root).join(&acked.rel_path);
             let moved = target
                 .parent()
                 .map_or(Ok(()), std::fs::create_dir_all)
                 .and_then(|()| {
-                    std::fs::rename(&file.abs_path, &target).or_else(|_| {
+                    std::fs::rename(path, &target).or_else(|_| {
                         // Another filesystem: copy, sync, then remove.
-                        std::fs::copy(&file.abs_path, &target)?;
+                        std::fs::copy(path, &target)?;
                         std::fs::File::open(&target)?.sync_all()?;
-                        std::fs::remove_file(&file.abs_path)
+                        std::fs::remove_file(path)
                     })
                 });
             if let Err(error) = moved {
-                warn!(path = %file.abs_path.display(), target = %target.display(), %error, "cannot move after ack");
+                warn!(path = %path.display(), target = %target.display(), %error, "cannot move after ack");
             }
         }
     }

@@ -441,7 +441,9 @@ impl Ledger {
     /// Records the collector's acks durably (this commit is fsynced) and
     /// returns the files that became done. An ack for an older generation
     /// (the file changed meanwhile) or a repeated ack changes nothing and is
-    /// not returned, so `BACKUP_DONE` never gets a line twice.
+    /// not returned, so `BACKUP_DONE` never gets a line twice. The files'
+    /// post-ack work is [`Ledger::post_ack_pending`] until
+    /// [`Ledger::post_ack_done`].
     pub fn mark_acked(
         &mut self,
         acks: &[Acked],
@@ -469,7 +471,7 @@ impl Ledger {
             let mut stmt = tx
                 .prepare_cached(
                     "UPDATE files SET state = 'done', sha256 = ?3, acked_at = ?4, attempts = 0,
-                         offered = 0,
+                         offered = 0, post_ack_pending = 1,
                          last_error = NULL, last_error_at = NULL, next_attempt_at = NULL
                      WHERE id = ?1 AND generation = ?2 AND state <> 'done'
                      RETURNING root, rel_path, size, mtime_ns, inode",
@@ -501,6 +503,52 @@ impl Ledger {
         }
         tx.commit().map_err(&err)?;
         Ok(done)
+    }
+
+    /// Done files whose post-ack work (their `BACKUP_DONE` line, the
+    /// configured action) is not recorded as done: just acked, or left so by
+    /// a stop or a failed write. Oldest ack first.
+    pub fn post_ack_pending(&self) -> Result<Vec<AckedFile>, LedgerError> {
+        let err = self.sql();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT root, rel_path, size, mtime_ns, inode FROM files
+                 WHERE state = 'done' AND post_ack_pending = 1 ORDER BY acked_at, id",
+            )
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(AckedFile {
+                    root: row.get(0)?,
+                    rel_path: path_from_blob(row.get(1)?),
+                    identity: Identity {
+                        size: from_sql_u64(row.get(2)?),
+                        mtime_ns: row.get(3)?,
+                        inode: from_sql_u64(row.get(4)?),
+                    },
+                })
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    /// Records that the post-ack work of `files` is done.
+    pub fn post_ack_done(&mut self, files: &[AckedFile]) -> Result<(), LedgerError> {
+        let err = self.sql();
+        let tx = self.conn.transaction().map_err(&err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE files SET post_ack_pending = 0 WHERE root = ?1 AND rel_path = ?2",
+                )
+                .map_err(&err)?;
+            for f in files {
+                stmt.execute(params![f.root, f.rel_path.as_os_str().as_bytes()])
+                    .map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)
     }
 
     /// Records that sending a file failed; it stays due and is not offered
@@ -807,6 +855,9 @@ const MIGRATIONS: &[&str] = &[
     // left in flight by the previous agent were).
     "ALTER TABLE files ADD COLUMN offered INTEGER NOT NULL DEFAULT 0;
      UPDATE files SET offered = 1 WHERE state = 'sent-pending';",
+    // 3: whether a done file still waits for its BACKUP_DONE line and its
+    // post-ack action.
+    "ALTER TABLE files ADD COLUMN post_ack_pending INTEGER NOT NULL DEFAULT 0;",
 ];
 
 fn observe_in(

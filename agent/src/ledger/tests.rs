@@ -147,6 +147,37 @@ fn a_file_offered_without_an_answer_is_marked_offered_until_acked() {
 }
 
 #[test]
+fn acked_files_wait_for_their_post_ack_work_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut ledger = open(&dir);
+        ledger
+            .observe("data", &rel("a.bin"), id(10, 1, 1), t(0))
+            .unwrap();
+        ledger
+            .observe("data", &rel("b.bin"), id(10, 1, 2), t(0))
+            .unwrap();
+        assert!(
+            ledger.post_ack_pending().unwrap().is_empty(),
+            "nothing acked yet"
+        );
+        let due = ledger.due(10, t(1)).unwrap();
+        ack(&mut ledger, &due[0], t(2));
+        ack(&mut ledger, &due[1], t(3));
+        let pending = ledger.post_ack_pending().unwrap();
+        assert_eq!(pending.len(), 2);
+        ledger.post_ack_done(&pending[..1]).unwrap();
+        // The process stops before it finishes with the second file.
+    }
+    let mut ledger = open(&dir);
+    let pending = ledger.post_ack_pending().unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].rel_path, rel("b.bin"));
+    ledger.post_ack_done(&pending).unwrap();
+    assert!(ledger.post_ack_pending().unwrap().is_empty());
+}
+
+#[test]
 fn observing_the_same_file_again_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut ledger = open(&dir);
