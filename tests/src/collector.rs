@@ -200,6 +200,11 @@ impl TestCollector {
         std::fs::read_to_string(self.log_path(self.launches)).unwrap_or_default()
     }
 
+    /// The log files of every collector process so far, oldest first.
+    pub fn logs(&self) -> Vec<PathBuf> {
+        (1..=self.launches).map(|n| self.log_path(n)).collect()
+    }
+
     /// Every file content the collector processes received whole or in
     /// part and saw committed, oldest first, from their logs (`log_filter`
     /// must enable `ferry_collector::session=debug`).

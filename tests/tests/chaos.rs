@@ -506,15 +506,28 @@ async fn files_survive_kills_cuts_and_database_outages_exactly_once() {
         if !a.due_backup().is_empty() {
             ledger_problems.push(format!("{}: DUE_BACKUP {:?}", a.station, a.due_backup()));
         }
+        // BACKUP_DONE names every file of the station, once.
         let done = std::fs::read_to_string(&a.settings.legacy.backup_done).unwrap_or_default();
         let lines: Vec<&str> = done.lines().collect();
         let unique: std::collections::BTreeSet<&str> = lines.iter().copied().collect();
-        if unique.len() != lines.len() {
+        let expected: std::collections::BTreeSet<String> = truth
+            .files
+            .keys()
+            .filter(|(station, _)| *station == a.station)
+            .filter_map(|(_, path)| path.strip_prefix("data/"))
+            .map(|rel| a.root.join(rel).to_string_lossy().into_owned())
+            .collect();
+        let missing = expected
+            .iter()
+            .filter(|p| !unique.contains(p.as_str()))
+            .count();
+        if unique.len() != lines.len() || missing > 0 || unique.len() != expected.len() {
             ledger_problems.push(format!(
-                "{}: BACKUP_DONE has {} lines for {} files",
+                "{}: BACKUP_DONE has {} lines for {} paths; {missing} of the {} files missing",
                 a.station,
                 lines.len(),
-                unique.len()
+                unique.len(),
+                expected.len()
             ));
         }
         backup_done_lines += unique.len();
@@ -617,6 +630,18 @@ chaos figures
         staging = staging_left.len(),
     );
 
+    let passed = problems.is_empty()
+        && catalogs_identical
+        && reconcile.status.success()
+        && reconcile_text.contains("catalogs identical")
+        && ledger_problems.is_empty()
+        && resent.is_empty()
+        && staging_left.is_empty()
+        && kept_after_ack == 0;
+    if !passed {
+        let kept = keep_evidence(&agents, &collector, plan.seed);
+        eprintln!("logs, ledgers and the journal kept in {}", kept.display());
+    }
     assert!(problems.is_empty(), "seed {}:\n{problems}", plan.seed);
     assert!(
         catalogs_identical,
@@ -644,12 +669,52 @@ chaos figures
         "seed {}: staging files left: {staging_left:?}",
         plan.seed
     );
+    assert_eq!(
+        kept_after_ack, 0,
+        "seed {}: acked files not deleted on stations that delete after the ack",
+        plan.seed
+    );
 
     for agent in &mut agents {
         agent.stop().unwrap();
     }
     collector.terminate().unwrap();
     drop((primary, backup, proxies, pki));
+}
+
+/// Copies the logs, ledgers, `BACKUP_DONE` files and the journal of a
+/// failed run (not the files: they can be gigabytes) to a directory under
+/// the target dir that outlives the run; returns it.
+fn keep_evidence(agents: &[TestAgent], collector: &TestCollector, seed: u64) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("chaos-{seed}"));
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        let _ = std::fs::create_dir_all(to);
+        if let Some(name) = from.file_name() {
+            let _ = std::fs::copy(from, to.join(name));
+        }
+    };
+    for a in agents {
+        let to = dir.join(&a.station);
+        for log in a.logs() {
+            copy(&log, &to);
+        }
+        let ledger = &a.settings.ledger;
+        for path in [
+            ledger.clone(),
+            ledger.with_extension("sqlite-wal"),
+            a.settings.legacy.backup_done.clone(),
+        ] {
+            copy(&path, &to);
+        }
+    }
+    let to = dir.join("collector");
+    for log in collector.logs() {
+        copy(&log, &to);
+    }
+    let journal = collector.settings.state_dir.join("journal.sqlite");
+    copy(&journal, &to);
+    copy(&journal.with_extension("sqlite-wal"), &to);
+    dir
 }
 
 fn sorted(mut rows: Vec<Record>) -> Vec<Record> {
