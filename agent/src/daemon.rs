@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::config::{AfterAck, Root, Settings};
 use crate::due_list;
 use crate::halt_flag::{self, HaltFlag, Held, Raise};
-use crate::ledger::{Acked, DueFile, Ledger, Observation, Observed};
+use crate::ledger::{Acked, AckedFile, DueFile, Ledger, Observation, Observed};
 use crate::metrics::{ErrorKind, Metrics, Source};
 use crate::sender::{self, Flow, OutgoingFile};
 use crate::status::{self, LinkState};
@@ -122,6 +122,7 @@ pub async fn run(
     let metrics = Metrics::new();
     let span = info_span!("agent", %station);
     import_legacy(&settings, &ledger, &metrics);
+    finish_acked(&settings, &ledger, &metrics, true);
     let due_changed = Arc::new(DueSignal::default());
     let settings = Arc::new(settings);
     let source = Source::new(
@@ -347,6 +348,20 @@ fn rescan(
         let (settled, young): (Vec<Seen>, Vec<Seen>) = seen
             .into_iter()
             .partition(|s| now.duration_since(s.mtime).unwrap_or_default() >= settings.settle);
+        // Files not entered now (still settling, or too young) are still
+        // there: the sweep below must not take them for vanished (so they
+        // are marked seen at a time not before `started`).
+        let waiting: Vec<Observation> = young
+            .iter()
+            .chain(settled.iter().filter(|s| !eligible(settings, s, now)))
+            .map(observation)
+            .collect();
+        let seen_at = SystemTime::now();
+        if let Err(error) =
+            tokio::task::block_in_place(|| lock(ledger).still_there(&waiting, seen_at))
+        {
+            warn!(%error, "ledger update failed");
+        }
         for s in young {
             settler.note(s, now);
         }
@@ -670,7 +685,7 @@ async fn send_due(
         };
         let keys: Vec<_> = batch.iter().map(|d| d.key).collect();
         let _ = tokio::task::block_in_place(|| lock(&ledger).mark_sending(&keys));
-        let files: Vec<OutgoingFile> = batch
+        let mut files: Vec<OutgoingFile> = batch
             .iter()
             .map(|d| OutgoingFile {
                 root: d.root.clone(),
@@ -684,6 +699,14 @@ async fn send_due(
                 sha256: None,
             })
             .collect();
+        // An earlier offer of these may have been stored with its ack lost:
+        // offering the hash lets the collector say so instead of asking for
+        // the whole file again.
+        for (file, due) in files.iter_mut().zip(&batch) {
+            if due.offered {
+                file.sha256 = tokio::task::block_in_place(|| sender::hash_unchanged(file));
+            }
+        }
         batch_no += 1;
         let span = info_span!("batch", batch = batch_no, files = files.len());
         let started = std::time::Instant::now();
@@ -700,7 +723,7 @@ async fn send_due(
                     state_path: &state_path,
                     metrics: &metrics,
                 };
-                settle_batch(&settings, &ledger, &batch, &files, settled);
+                settle_batch(&settings, &ledger, &batch, settled);
                 dirty = true;
             }
             Err(error) => {
@@ -784,13 +807,7 @@ struct Settled<'a> {
 
 /// Records a batch's results: acks in the ledger and `BACKUP_DONE`, the
 /// post-ack action, failures with their retry time; logs one line.
-fn settle_batch(
-    settings: &Settings,
-    ledger: &Shared,
-    batch: &[DueFile],
-    files: &[OutgoingFile],
-    settled: Settled<'_>,
-) {
+fn settle_batch(settings: &Settings, ledger: &Shared, batch: &[DueFile], settled: Settled<'_>) {
     let Settled {
         reports,
         started,
@@ -837,30 +854,7 @@ fn settle_batch(
     let bytes: u64 = acked.iter().map(|a| a.identity.size).sum();
     Metrics::add(&metrics.files_sent, acked.len() as u64);
     Metrics::add(&metrics.bytes_sent, bytes);
-    let done: Vec<PathBuf> = acked
-        .iter()
-        .filter_map(|a| {
-            files
-                .iter()
-                .find(|f| f.root == a.root && Path::new(&f.rel_path) == a.rel_path)
-        })
-        .map(|f| f.abs_path.clone())
-        .collect();
-    if let Err(error) = due_list::append_backup_done(&settings.legacy.backup_done, &done) {
-        metrics.error(ErrorKind::LegacyFiles);
-        warn!(%error, "cannot append to BACKUP_DONE");
-    }
-    for a in &acked {
-        let Some(f) = files
-            .iter()
-            .find(|f| f.root == a.root && Path::new(&f.rel_path) == a.rel_path)
-        else {
-            continue;
-        };
-        if !after_ack(settings, f, a.identity.size, a.identity.mtime_ns) {
-            metrics.error(ErrorKind::AfterAck);
-        }
-    }
+    finish_acked(settings, ledger, metrics, false);
     info!(
         acked = acked.len(),
         failed,
@@ -874,42 +868,105 @@ fn settle_batch(
     status::write(state_path, &state);
 }
 
-/// Applies the configured post-ack action, only to the very file that was
-/// acknowledged (same size and mtime).
-/// Whether the action succeeded (or there was nothing to do).
-fn after_ack(settings: &Settings, file: &OutgoingFile, size: u64, mtime_ns: i64) -> bool {
-    let unchanged = std::fs::symlink_metadata(&file.abs_path).is_ok_and(|m| {
+/// The post-ack work of every acked file still waiting for it (this
+/// batch's, and any that a stop or a write error left): its `BACKUP_DONE`
+/// line, then the configured action, then the ledger records it done. A
+/// stop anywhere in between leaves the work pending for the next start, so
+/// no line and no deletion is lost. At start (`restarted`), files already on
+/// the last lines of `BACKUP_DONE` (written just before a stop) are not
+/// written twice.
+fn finish_acked(settings: &Settings, ledger: &Shared, metrics: &Metrics, restarted: bool) {
+    let pending = match tokio::task::block_in_place(|| lock(ledger).post_ack_pending()) {
+        Ok(pending) if !pending.is_empty() => pending,
+        Ok(_) => return,
+        Err(error) => {
+            warn!(%error, "ledger unreadable; post-ack work postponed");
+            return;
+        }
+    };
+    let roots = settings.root_dirs();
+    let written: std::collections::HashSet<PathBuf> = if restarted {
+        let tail = (pending.len() as u64 + 1) * due_list::MAX_LINE as u64;
+        due_list::backup_done_tail(&settings.legacy.backup_done, tail)
+            .unwrap_or_default()
+            .into_iter()
+            .collect()
+    } else {
+        Default::default()
+    };
+    let files: Vec<(&AckedFile, PathBuf)> = pending
+        .iter()
+        .filter_map(|a| roots.get(&a.root).map(|dir| (a, dir.join(&a.rel_path))))
+        .collect();
+    let lines = files
+        .iter()
+        .map(|(_, path)| path)
+        .filter(|path| !written.contains(*path));
+    match tokio::task::block_in_place(|| {
+        due_list::append_backup_done(&settings.legacy.backup_done, lines)
+    }) {
+        Ok(left_out) => {
+            for path in left_out {
+                warn!(path = ?path, "name contains a newline: left out of BACKUP_DONE");
+            }
+        }
+        Err(error) => {
+            metrics.error(ErrorKind::LegacyFiles);
+            warn!(%error, "cannot append to BACKUP_DONE; will retry");
+            return;
+        }
+    }
+    for (acked, path) in &files {
+        if !after_ack(settings, acked, path) {
+            metrics.error(ErrorKind::AfterAck);
+        }
+    }
+    if let Err(error) = tokio::task::block_in_place(|| lock(ledger).post_ack_done(&pending)) {
+        warn!(%error, "ledger update failed");
+    }
+}
+
+/// Applies the configured post-ack action to `path`, only if it is still
+/// the very file that was acknowledged (same size and mtime). Whether it
+/// succeeded (or there was nothing to do).
+fn after_ack(settings: &Settings, acked: &AckedFile, path: &Path) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        // Gone already (moved or deleted before a stop, or by someone else).
+        return true;
+    };
+    let unchanged = {
         use std::os::unix::fs::MetadataExt;
-        m.len() == size && m.mtime() * 1_000_000_000 + m.mtime_nsec() == mtime_ns
-    });
+        meta.len() == acked.identity.size
+            && meta.mtime() * 1_000_000_000 + meta.mtime_nsec() == acked.identity.mtime_ns
+    };
     match &settings.after_ack {
         AfterAck::Keep => true,
         _ if !unchanged => {
-            debug!(path = %file.abs_path.display(), "changed since its ack; left in place");
+            debug!(path = %path.display(), "changed since its ack; left in place");
             true
         }
-        AfterAck::Delete => match std::fs::remove_file(&file.abs_path) {
+        AfterAck::Delete => match std::fs::remove_file(path) {
             Ok(()) => true,
             Err(error) => {
-                warn!(path = %file.abs_path.display(), %error, "cannot delete after ack");
+                warn!(path = %path.display(), %error, "cannot delete after ack");
                 false
             }
         },
         AfterAck::Move(dir) => {
-            let target = dir.join(&file.root).join(&file.rel_path);
+            let target = dir.join(&acked.root).join(&acked.rel_path);
             let moved = target
                 .parent()
                 .map_or(Ok(()), std::fs::create_dir_all)
                 .and_then(|()| {
-                    std::fs::rename(&file.abs_path, &target).or_else(|_| {
+                    std::fs::rename(path, &target).or_else(|_| {
                         // Another filesystem: copy, sync, then remove.
-                        std::fs::copy(&file.abs_path, &target)?;
+                        std::fs::copy(path, &target)?;
                         std::fs::File::open(&target)?.sync_all()?;
-                        std::fs::remove_file(&file.abs_path)
+                        std::fs::remove_file(path)
                     })
                 });
             if let Err(error) = &moved {
-                warn!(path = %file.abs_path.display(), target = %target.display(), %error, "cannot move after ack");
+                warn!(path = %path.display(), target = %target.display(), %error, "cannot move after ack");
             }
             moved.is_ok()
         }

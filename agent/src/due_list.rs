@@ -219,6 +219,35 @@ where
     Ok(unrepresentable)
 }
 
+/// The paths on the last lines of `BACKUP_DONE`, reading at most
+/// `max_bytes` from its end (a first, partial line is dropped); none if the
+/// file does not exist. A restarted agent uses it to tell the acked files
+/// it had written there before it stopped from those it had not.
+pub fn backup_done_tail(path: &Path, max_bytes: u64) -> Result<Vec<PathBuf>, DueListError> {
+    let read_err = |source| DueListError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(read_err(e)),
+    };
+    let len = file.metadata().map_err(read_err)?.len();
+    let start = len.saturating_sub(max_bytes);
+    io::Seek::seek(&mut file, io::SeekFrom::Start(start)).map_err(read_err)?;
+    let mut text = Vec::new();
+    file.read_to_end(&mut text).map_err(read_err)?;
+    let mut lines = text.split(|&b| b == b'\n');
+    if start > 0 {
+        lines.next();
+    }
+    Ok(lines
+        .filter(|line| !line.is_empty())
+        .map(|line| PathBuf::from(OsStr::from_bytes(line)))
+        .collect())
+}
+
 /// Reads a `DUE_BACKUP` left by indexerD. `Ok(None)` if there is none.
 pub fn import_due_backup(path: &Path) -> Result<Option<Import>, DueListError> {
     let read_err = |source| DueListError::Read {

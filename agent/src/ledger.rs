@@ -8,6 +8,12 @@
 //! process that dies leaves such rows behind and [`Ledger::open`] returns them
 //! to `due` (the collector answers a repeated offer idempotently).
 //!
+//! A row also remembers whether its current content was ever offered. An
+//! offer that got no answer (the link was cut, the agent was killed) may
+//! still have been stored: the collector's ack can be lost after the fact.
+//! Such a file is offered again with its hash, so the collector can say it
+//! already holds it instead of asking for every byte once more.
+//!
 //! Every row carries a `generation` that grows whenever the file's identity
 //! changes. Batches carry the [`FileKey`] (id and generation) they read, and
 //! an ack or failure for an older generation does not touch the row: a file
@@ -149,6 +155,9 @@ pub struct DueFile {
     pub attempts: u32,
     /// When the file (in this identity) became due.
     pub due_since: SystemTime,
+    /// Whether this content was offered before and its fate is unknown: the
+    /// collector may hold it already (offer it with its hash).
+    pub offered: bool,
 }
 
 /// The collector's acknowledgement of one file.
@@ -349,7 +358,8 @@ impl Ledger {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, generation, root, rel_path, size, mtime_ns, inode, attempts, due_since
+                "SELECT id, generation, root, rel_path, size, mtime_ns, inode, attempts, due_since,
+                        offered
                  FROM files
                  WHERE state = 'due' AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)
                  ORDER BY due_since, id
@@ -373,6 +383,7 @@ impl Ledger {
                     },
                     attempts: u32::try_from(row.get::<_, i64>(7)?).unwrap_or(u32::MAX),
                     due_since: from_ms(row.get(8)?),
+                    offered: row.get::<_, i64>(9)? != 0,
                 })
             })
             .map_err(&err)?;
@@ -380,8 +391,9 @@ impl Ledger {
     }
 
     /// Marks files as being in a batch on the wire, so [`Ledger::due`] does
-    /// not offer them again. Returns how many were still due in the
-    /// generation given.
+    /// not offer them again, and as offered (until acked, the collector may
+    /// hold them without the agent knowing). Returns how many were still due
+    /// in the generation given.
     pub fn mark_sending(&mut self, keys: &[FileKey]) -> Result<usize, LedgerError> {
         let err = self.sql();
         let tx = self.conn.transaction().map_err(&err)?;
@@ -389,7 +401,7 @@ impl Ledger {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "UPDATE files SET state = 'sent-pending'
+                    "UPDATE files SET state = 'sent-pending', offered = 1
                      WHERE id = ?1 AND generation = ?2 AND state = 'due'",
                 )
                 .map_err(&err)?;
@@ -429,7 +441,9 @@ impl Ledger {
     /// Records the collector's acks durably (this commit is fsynced) and
     /// returns the files that became done. An ack for an older generation
     /// (the file changed meanwhile) or a repeated ack changes nothing and is
-    /// not returned, so `BACKUP_DONE` never gets a line twice.
+    /// not returned, so `BACKUP_DONE` never gets a line twice. The files'
+    /// post-ack work is [`Ledger::post_ack_pending`] until
+    /// [`Ledger::post_ack_done`].
     pub fn mark_acked(
         &mut self,
         acks: &[Acked],
@@ -457,6 +471,7 @@ impl Ledger {
             let mut stmt = tx
                 .prepare_cached(
                     "UPDATE files SET state = 'done', sha256 = ?3, acked_at = ?4, attempts = 0,
+                         offered = 0, post_ack_pending = 1,
                          last_error = NULL, last_error_at = NULL, next_attempt_at = NULL
                      WHERE id = ?1 AND generation = ?2 AND state <> 'done'
                      RETURNING root, rel_path, size, mtime_ns, inode",
@@ -490,6 +505,52 @@ impl Ledger {
         Ok(done)
     }
 
+    /// Done files whose post-ack work (their `BACKUP_DONE` line, the
+    /// configured action) is not recorded as done: just acked, or left so by
+    /// a stop or a failed write. Oldest ack first.
+    pub fn post_ack_pending(&self) -> Result<Vec<AckedFile>, LedgerError> {
+        let err = self.sql();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT root, rel_path, size, mtime_ns, inode FROM files
+                 WHERE state = 'done' AND post_ack_pending = 1 ORDER BY acked_at, id",
+            )
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(AckedFile {
+                    root: row.get(0)?,
+                    rel_path: path_from_blob(row.get(1)?),
+                    identity: Identity {
+                        size: from_sql_u64(row.get(2)?),
+                        mtime_ns: row.get(3)?,
+                        inode: from_sql_u64(row.get(4)?),
+                    },
+                })
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    /// Records that the post-ack work of `files` is done.
+    pub fn post_ack_done(&mut self, files: &[AckedFile]) -> Result<(), LedgerError> {
+        let err = self.sql();
+        let tx = self.conn.transaction().map_err(&err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE files SET post_ack_pending = 0 WHERE root = ?1 AND rel_path = ?2",
+                )
+                .map_err(&err)?;
+            for f in files {
+                stmt.execute(params![f.root, f.rel_path.as_os_str().as_bytes()])
+                    .map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)
+    }
+
     /// Records that sending a file failed; it stays due and is not offered
     /// again before `retry_at`. Returns false if the file changed meanwhile
     /// (its new identity is due without delay) or is gone.
@@ -512,6 +573,35 @@ impl Ledger {
             .map_err(&err)?;
         tx.commit().map_err(&err)?;
         Ok(changed == 1)
+    }
+
+    /// Records that files were seen on disk without judging their identity
+    /// (they are still being written, or not old enough yet): their rows
+    /// stay out of the next [`Ledger::sweep`]. Unknown files are ignored.
+    pub fn still_there(
+        &mut self,
+        seen: &[Observation],
+        now: SystemTime,
+    ) -> Result<usize, LedgerError> {
+        let err = self.sql();
+        let tx = self.conn.transaction().map_err(&err)?;
+        let mut touched = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached("UPDATE files SET last_seen = ?3 WHERE root = ?1 AND rel_path = ?2")
+                .map_err(&err)?;
+            for o in seen {
+                touched += stmt
+                    .execute(params![
+                        o.root,
+                        o.rel_path.as_os_str().as_bytes(),
+                        to_ms(now)
+                    ])
+                    .map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)?;
+        Ok(touched)
     }
 
     /// Forgets a file that no longer exists. Returns it if it was still due,
@@ -761,6 +851,13 @@ const MIGRATIONS: &[&str] = &[
          name TEXT PRIMARY KEY,
          value INTEGER NOT NULL
      ) STRICT;",
+    // 2: whether the current content was offered and not yet acked (rows
+    // left in flight by the previous agent were).
+    "ALTER TABLE files ADD COLUMN offered INTEGER NOT NULL DEFAULT 0;
+     UPDATE files SET offered = 1 WHERE state = 'sent-pending';",
+    // 3: whether a done file still waits for its BACKUP_DONE line and its
+    // post-ack action.
+    "ALTER TABLE files ADD COLUMN post_ack_pending INTEGER NOT NULL DEFAULT 0;",
 ];
 
 fn observe_in(
@@ -805,7 +902,7 @@ fn observe_in(
     // attempts (the old errors were about the old content).
     tx.prepare_cached(
         "UPDATE files SET size = ?2, mtime_ns = ?3, inode = ?4, generation = generation + 1,
-             sha256 = NULL, state = 'due', attempts = 0, last_error = NULL,
+             sha256 = NULL, state = 'due', offered = 0, attempts = 0, last_error = NULL,
              last_error_at = NULL, next_attempt_at = NULL, acked_at = NULL,
              due_since = ?5, last_seen = ?5
          WHERE id = ?1",

@@ -4,7 +4,9 @@
 //!
 //! Files are read in chunks and hashed as they are read, never loaded whole;
 //! a transfer that resumes at an offset re-reads (and hashes) the prefix
-//! without sending it.
+//! without sending it. A file offered before whose fate is unknown is hashed
+//! before the offer ([`hash_unchanged`]), so the collector can answer that
+//! it already holds that content.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -139,6 +141,34 @@ pub async fn send_batch(
             outcome: r.outcome,
         })
         .collect())
+}
+
+/// The SHA-256 of `file` as it is on disk, if it still has the size and
+/// mtime it is offered with (before and after reading); `None` if it
+/// changed or cannot be read. Blocking: reads the whole file in chunks.
+pub fn hash_unchanged(file: &OutgoingFile) -> Option<Sha256> {
+    let unchanged = || {
+        std::fs::metadata(&file.abs_path).is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.len() == file.size && m.mtime() * 1_000_000_000 + m.mtime_nsec() == file.mtime_ns
+        })
+    };
+    if !unchanged() {
+        return None;
+    }
+    let mut reader = File::open(&file.abs_path).ok()?;
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut read = 0u64;
+    loop {
+        let n = reader.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        read += n as u64;
+    }
+    (read == file.size && unchanged()).then(|| finish(hash))
 }
 
 /// Next message that is not flow control; credits update `flow`.

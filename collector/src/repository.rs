@@ -321,6 +321,12 @@ impl Repository {
         sync_dir(target.parent().unwrap_or(&self.root))
     }
 
+    /// Removes the staging file of `key`, if any: its content turned out to
+    /// be stored already (a crash came between the journal and the clean-up).
+    pub fn drop_staged(&self, key: &FileKey) {
+        let _ = std::fs::remove_file(self.staging_path(key));
+    }
+
     /// Removes a staging file once its content is placed (or refused).
     pub fn discard(&self, staged: Staged) -> Result<(), RepositoryError> {
         let path = staged.path.clone();

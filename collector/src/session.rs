@@ -188,6 +188,8 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
 
 struct Offered {
     key: FileKey,
+    /// Where the content was asked to start (what was staged already).
+    from: u64,
 }
 
 struct Batch {
@@ -336,6 +338,7 @@ impl Session {
                         .await;
                 if let Ok(Ok(Some(stored_as))) = found {
                     Metrics::add(&self.shared.metrics.already_stored, 1);
+                    tokio::task::block_in_place(|| self.shared.repository.drop_staged(&key));
                     batch.results.push(FileResult {
                         id: file.id,
                         outcome: Outcome::AlreadyStored {
@@ -362,7 +365,8 @@ impl Session {
             }
             let offset = self.shared.repository.staged_len(&key);
             batch.waiting.insert(file.id);
-            self.offered.insert((offer.batch, file.id), Offered { key });
+            self.offered
+                .insert((offer.batch, file.id), Offered { key, from: offset });
             needs.push(FileNeed {
                 id: file.id,
                 need: Need::From { offset },
@@ -531,7 +535,14 @@ impl Session {
                 if let Some(staged) = self.staged.remove(&(commit.batch, commit.file)) {
                     batch.committed.push((commit.file, staged, commit.sha256));
                 }
-                self.offered.remove(&(commit.batch, commit.file));
+                if let Some(offered) = self.offered.remove(&(commit.batch, commit.file)) {
+                    debug!(
+                        path = %offered.key.catalog_path(),
+                        size = offered.key.size,
+                        from = offered.from,
+                        "file received"
+                    );
+                }
                 self.maybe_finish(commit.batch).await;
             }
         }

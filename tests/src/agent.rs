@@ -19,7 +19,12 @@ pub struct TestAgent {
     pub root: PathBuf,
     pub config_path: PathBuf,
     pub settings: Settings,
-    log: PathBuf,
+    /// `FERRY_LOG` for the agent process (`info` unless a test asks more).
+    pub log_filter: String,
+    /// Where the logs go: one file per start, `agent-<n>.log`.
+    dir: PathBuf,
+    /// Times the agent was started.
+    launches: u32,
     process: Option<Process>,
 }
 
@@ -48,9 +53,11 @@ impl TestAgent {
         Ok(Self {
             station: station.to_owned(),
             root,
-            log: dir.join("agent.log"),
             config_path,
             settings,
+            log_filter: "info".to_owned(),
+            dir,
+            launches: 0,
             process: None,
         })
     }
@@ -64,17 +71,32 @@ impl TestAgent {
     pub fn start_with_env(&mut self, env: &[(&str, &std::ffi::OsStr)]) -> anyhow::Result<()> {
         let bin = process::binary("ferry-agent")?;
         let config = self.config_path.to_string_lossy().into_owned();
-        let log = self
-            .log
-            .with_extension(format!("{}.log", std::process::id() ^ rand_tag()));
-        self.process = Some(Process::start_with_env(
+        self.launches += 1;
+        let log = self.log_path(self.launches);
+        self.process = Some(Process::start_with(
             &bin,
             &["run", "--config", &config],
             env,
             &log,
+            &self.log_filter,
         )?);
-        self.log = log;
         Ok(())
+    }
+
+    /// Whether the agent process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.process
+            .as_mut()
+            .is_some_and(|p| matches!(p.child.try_wait(), Ok(None)))
+    }
+
+    /// The log files of every start so far, oldest first.
+    pub fn logs(&self) -> Vec<PathBuf> {
+        (1..=self.launches).map(|n| self.log_path(n)).collect()
+    }
+
+    fn log_path(&self, launch: u32) -> PathBuf {
+        self.dir.join(format!("agent-{launch}.log"))
     }
 
     /// SIGKILL.
@@ -97,9 +119,9 @@ impl TestAgent {
         Ok(())
     }
 
-    /// The agent's log so far.
+    /// The log of the agent's latest start.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(self.log_path(self.launches)).unwrap_or_default()
     }
 
     /// The process id, while running.
@@ -134,10 +156,6 @@ impl Drop for TestAgent {
     fn drop(&mut self) {
         self.kill9();
     }
-}
-
-fn rand_tag() -> u32 {
-    ferry_common::backoff::random_u64() as u32
 }
 
 /// Polls `check` every 50 ms until it returns `Some` or `timeout` passes.

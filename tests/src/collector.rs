@@ -1,5 +1,8 @@
-//! A real collector for tests, in-process, configured through a real config
-//! file in a temp dir, with both catalogs on the embedded SQLite default.
+//! A real collector for tests, configured through a real config file in a
+//! temp dir, with both catalogs on the embedded SQLite default (or MariaDB
+//! servers of the harness). It runs in-process ([`TestCollector::start`]) or
+//! as a real `ferry-collector` process that a test can `kill -9`
+//! ([`TestCollector::spawn`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +13,26 @@ use ferry_collector::journal::Record;
 use ferry_collector::store::{AnyStore, CatalogStore};
 
 use crate::pki::TestPki;
+use crate::process::{self, Process};
+
+/// One file's content received by the collector, from the offset it asked
+/// for to the commit (a `file received` line of its debug log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub station: String,
+    /// `<root>/<path>`, as in the catalog.
+    pub path: String,
+    pub size: u64,
+    /// Where the collector asked the content to start.
+    pub from: u64,
+}
+
+impl Received {
+    /// Whether the whole (non-empty) file crossed the link for this commit.
+    pub fn in_full(&self) -> bool {
+        self.size > 0 && self.from == 0
+    }
+}
 
 /// A collector's directories and settings; start and stop it at will.
 #[derive(Debug)]
@@ -17,6 +40,13 @@ pub struct TestCollector {
     pub settings: Settings,
     pub config_path: PathBuf,
     running: Option<Collector>,
+    /// `FERRY_LOG` for the collector process (`info` unless a test asks
+    /// more).
+    pub log_filter: String,
+    /// The `ferry-collector` process, when run as one.
+    process: Option<Process>,
+    /// Processes started so far: each logs to its own file.
+    launches: u32,
 }
 
 impl TestCollector {
@@ -42,6 +72,9 @@ impl TestCollector {
             settings,
             config_path,
             running: None,
+            log_filter: "info".to_owned(),
+            process: None,
+            launches: 0,
         })
     }
 
@@ -99,6 +132,113 @@ impl TestCollector {
         if let Some(collector) = self.running.take() {
             collector.stop().await;
         }
+    }
+
+    /// Starts the collector as a real `ferry-collector run` process (on a
+    /// port fixed at the first start, so stations find it again after a
+    /// restart) and waits until it listens.
+    pub async fn spawn(&mut self) -> anyhow::Result<String> {
+        if self.settings.listen.port() == 0 {
+            self.pin_port(process::free_port()?)?;
+        }
+        let bin = process::binary("ferry-collector")?;
+        self.launches += 1;
+        let log = self.log_path(self.launches);
+        let config = self.config_path.to_string_lossy().into_owned();
+        self.process = Some(Process::start_logging(
+            &bin,
+            &["run", "--config", &config],
+            &log,
+            &self.log_filter,
+        )?);
+        let addr = self.settings.listen;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if let Some(p) = self.process.as_mut()
+                && let Some(status) = p.child.try_wait()?
+            {
+                self.process = None;
+                anyhow::bail!("ferry-collector exited with {status}:\n{}", self.log_text());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "ferry-collector does not listen on {addr} after 30 s:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(self.endpoint())
+    }
+
+    /// SIGKILL to the collector process: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill9();
+        }
+    }
+
+    /// SIGTERM to the collector process and wait for a clean exit.
+    pub fn terminate(&mut self) -> anyhow::Result<()> {
+        if let Some(mut p) = self.process.take() {
+            let status = p.terminate(Duration::from_secs(30))?;
+            anyhow::ensure!(
+                status.success(),
+                "ferry-collector exited with {status}:\n{}",
+                self.log_text()
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the collector process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.process
+            .as_mut()
+            .is_some_and(|p| matches!(p.child.try_wait(), Ok(None)))
+    }
+
+    /// The log of the latest collector process.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log_path(self.launches)).unwrap_or_default()
+    }
+
+    /// The log files of every collector process so far, oldest first.
+    pub fn logs(&self) -> Vec<PathBuf> {
+        (1..=self.launches).map(|n| self.log_path(n)).collect()
+    }
+
+    /// Every file content the collector processes received whole or in
+    /// part and saw committed, oldest first, from their logs (`log_filter`
+    /// must enable `ferry_collector::session=debug`).
+    pub fn received(&self) -> Vec<Received> {
+        let mut out = Vec::new();
+        for launch in 1..=self.launches {
+            let text = std::fs::read_to_string(self.log_path(launch)).unwrap_or_default();
+            for line in text.lines() {
+                let Some((context, fields)) = line.split_once("file received ") else {
+                    continue;
+                };
+                let field = |text: &str, name: &str| -> String {
+                    text.split([' ', '{', '}', ':'])
+                        .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let number = |name: &str| field(fields, name).parse().unwrap_or(0);
+                out.push(Received {
+                    station: field(context, "station"),
+                    path: field(fields, "path"),
+                    size: number("size"),
+                    from: number("from"),
+                });
+            }
+        }
+        out
+    }
+
+    fn log_path(&self, launch: u32) -> PathBuf {
+        self.config_path
+            .with_file_name(format!("collector-{launch}.log"))
     }
 
     /// The address stations dial.

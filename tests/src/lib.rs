@@ -1,5 +1,7 @@
-//! Test harness for Ferry: a throw-away PKI, a minimal receiving collector,
-//! and a TCP proxy that can stall, all on loopback in temp dirs.
+//! Test harness for Ferry: a throw-away PKI, real collector and agent
+//! processes, MariaDB servers, a minimal receiving collector, a
+//! fault-injecting TCP proxy and a seeded random generator, all on loopback
+//! in temp dirs.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -11,7 +13,9 @@ pub mod process;
 pub mod proxy;
 pub mod raw;
 pub mod receiver;
+pub mod rng;
 pub mod station;
+pub mod workload;
 
 /// Sends `tracing` output to the test's captured output (RUST_LOG filters;
 /// warnings by default). Safe to call from every test.

@@ -51,7 +51,7 @@ pub struct Process {
 impl Process {
     /// Starts `binary` with `args`, logging to `log`.
     pub fn start(binary: &Path, args: &[&str], log: &Path) -> anyhow::Result<Self> {
-        Self::start_with_env(binary, args, &[], log)
+        Self::start_with(binary, args, &[], log, "info")
     }
 
     /// Starts `binary` with `args` and extra environment variables `env`,
@@ -62,11 +62,33 @@ impl Process {
         env: &[(&str, &std::ffi::OsStr)],
         log: &Path,
     ) -> anyhow::Result<Self> {
+        Self::start_with(binary, args, env, log, "info")
+    }
+
+    /// [`Process::start`] with the log filter `FERRY_LOG` set to `filter`.
+    pub fn start_logging(
+        binary: &Path,
+        args: &[&str],
+        log: &Path,
+        filter: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(binary, args, &[], log, filter)
+    }
+
+    /// Starts `binary` with `args`, extra environment `env` and the log
+    /// filter `filter`, logging to `log`.
+    pub fn start_with(
+        binary: &Path,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        log: &Path,
+        filter: &str,
+    ) -> anyhow::Result<Self> {
         let out = std::fs::File::create(log)?;
         let child = Command::new(binary)
             .args(args)
             .envs(env.iter().copied())
-            .env("FERRY_LOG", "info")
+            .env("FERRY_LOG", filter)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

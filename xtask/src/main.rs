@@ -1,8 +1,10 @@
 //! Developer tasks: `cargo xtask test` sets up what the suite needs on a
 //! fresh Debian machine (`mariadb-server` for the catalog tests) and runs
-//! every test of the workspace.
+//! every test of the workspace; `cargo xtask chaos` runs the long chaos
+//! scenario.
 
 mod bench;
+mod chaos;
 mod package;
 mod quickstart;
 
@@ -27,6 +29,11 @@ tasks:
                    and installs the .debs into a Debian root
   test [ARGS...]   run the whole test suite (cargo nextest when installed,
                    cargo test otherwise); ARGS go to the test runner
+  chaos [FLAGS]    the long chaos run (about 2.5 GiB on 8 stations, 10 min of
+                   kill -9, cuts and MariaDB outages, then every check and
+                   its figures); --seed N --files N --stations N --max-mib N
+                   --large N --large-mib N --seconds N --settle-secs N,
+                   --short for the CI form, --release
 ";
 
 fn main() -> ExitCode {
@@ -36,6 +43,7 @@ fn main() -> ExitCode {
         Some("quickstart") => quickstart::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("package") => package::run(&args[1..]),
+        Some("chaos") => chaos::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{HELP}");
             Ok(())

@@ -140,6 +140,31 @@ fn backup_done_grows_by_the_acked_paths() {
 }
 
 #[test]
+fn the_tail_of_backup_done_gives_its_last_whole_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("BACKUP_DONE");
+    assert!(
+        backup_done_tail(&list, 100).unwrap().is_empty(),
+        "no file yet"
+    );
+    append_backup_done(&list, [p("/srv/data/one.bin"), p("/srv/data/two.bin")]).unwrap();
+    append_backup_done(&list, [p("/srv/data/three.bin")]).unwrap();
+    assert_eq!(
+        backup_done_tail(&list, 1 << 20).unwrap(),
+        [
+            p("/srv/data/one.bin"),
+            p("/srv/data/two.bin"),
+            p("/srv/data/three.bin")
+        ]
+    );
+    // A window that starts inside a line drops that line.
+    assert_eq!(
+        backup_done_tail(&list, 25).unwrap(),
+        [p("/srv/data/three.bin")]
+    );
+}
+
+#[test]
 fn backup_done_in_a_missing_directory_fails_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let done = dir.path().join("nope").join("BACKUP_DONE");

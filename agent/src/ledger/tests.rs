@@ -111,6 +111,73 @@ fn an_interrupted_batch_can_be_returned_without_counting_a_failure() {
 }
 
 #[test]
+fn a_file_offered_without_an_answer_is_marked_offered_until_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut ledger = open(&dir);
+        ledger
+            .observe("data", &rel("a.bin"), id(10, 1, 1), t(0))
+            .unwrap();
+        ledger
+            .observe("data", &rel("b.bin"), id(10, 1, 2), t(0))
+            .unwrap();
+        let due = ledger.due(10, t(1)).unwrap();
+        assert!(due.iter().all(|f| !f.offered), "never offered yet");
+        let keys: Vec<FileKey> = due.iter().map(|f| f.key).collect();
+        ledger.mark_sending(&keys).unwrap();
+        // The link dropped for b: its batch came back without an answer.
+        ledger.unmark_sending(&keys[1..]).unwrap();
+        let due = ledger.due(10, t(2)).unwrap();
+        assert_eq!(due.len(), 1);
+        assert!(due[0].offered, "b may be stored already");
+    }
+    // The process died with a in flight.
+    let mut ledger = open(&dir);
+    let due = ledger.due(10, t(3)).unwrap();
+    assert_eq!(due.len(), 2);
+    assert!(due.iter().all(|f| f.offered), "{due:?}");
+    // Acked content is no longer in doubt; new content was never offered.
+    ack(&mut ledger, &due[0], t(4));
+    ledger
+        .observe("data", &rel("a.bin"), id(11, 5, 1), t(5))
+        .unwrap();
+    let due = ledger.due(10, t(6)).unwrap();
+    let a = due.iter().find(|f| f.rel_path == rel("a.bin")).unwrap();
+    assert!(!a.offered);
+}
+
+#[test]
+fn acked_files_wait_for_their_post_ack_work_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut ledger = open(&dir);
+        ledger
+            .observe("data", &rel("a.bin"), id(10, 1, 1), t(0))
+            .unwrap();
+        ledger
+            .observe("data", &rel("b.bin"), id(10, 1, 2), t(0))
+            .unwrap();
+        assert!(
+            ledger.post_ack_pending().unwrap().is_empty(),
+            "nothing acked yet"
+        );
+        let due = ledger.due(10, t(1)).unwrap();
+        ack(&mut ledger, &due[0], t(2));
+        ack(&mut ledger, &due[1], t(3));
+        let pending = ledger.post_ack_pending().unwrap();
+        assert_eq!(pending.len(), 2);
+        ledger.post_ack_done(&pending[..1]).unwrap();
+        // The process stops before it finishes with the second file.
+    }
+    let mut ledger = open(&dir);
+    let pending = ledger.post_ack_pending().unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].rel_path, rel("b.bin"));
+    ledger.post_ack_done(&pending).unwrap();
+    assert!(ledger.post_ack_pending().unwrap().is_empty());
+}
+
+#[test]
 fn observing_the_same_file_again_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut ledger = open(&dir);
@@ -374,6 +441,29 @@ fn a_sweep_after_a_rescan_forgets_files_not_seen_and_reports_the_due_ones() {
     assert_eq!(names, [rel("lost-due")]);
     assert_eq!(ledger.state("data", &rel("lost-done")).unwrap(), None);
     assert_eq!(due_names(&ledger, t(11)), ["data:keep", "logs:other"]);
+}
+
+#[test]
+fn a_file_still_settling_at_a_rescan_is_not_taken_for_vanished() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = open(&dir);
+    let seen = |name: &str, inode| Observation {
+        root: "data".into(),
+        rel_path: rel(name),
+        identity: id(5, 1, inode),
+    };
+    ledger
+        .observe_many(&[seen("settled", 1), seen("young", 2)], t(0))
+        .unwrap();
+    // A rescan finds both; "young" was just rewritten and is still settling,
+    // so it is not observed, only noted as there.
+    ledger.observe_many(&[seen("settled", 1)], t(10)).unwrap();
+    assert_eq!(ledger.still_there(&[seen("young", 2)], t(10)).unwrap(), 1);
+    assert!(ledger.sweep("data", t(10)).unwrap().is_empty());
+    assert_eq!(
+        ledger.state("data", &rel("young")).unwrap(),
+        Some(FileState::Due)
+    );
 }
 
 #[test]
