@@ -166,9 +166,6 @@ fn run(settings: config::Settings) -> anyhow::Result<()> {
     limit_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        // Few threads, few malloc arenas: each thread that allocates may get
-        // its own, and freed chunk buffers stay in it (agent RSS target).
-        .max_blocking_threads(2)
         .enable_all()
         .build()?;
     let readiness = ferry_common::readiness::Notifier::from_env();
