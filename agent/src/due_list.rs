@@ -230,7 +230,16 @@ pub fn import_due_backup(path: &Path) -> Result<Option<Import>, DueListError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(read_err(e)),
     };
-    let mut reader = BufReader::new(file);
+    parse_due_backup(BufReader::new(file))
+        .map(Some)
+        .map_err(read_err)
+}
+
+/// Parses the text of a `DUE_BACKUP` from `reader`, by the import rules of
+/// the module documentation; [`import_due_backup`] is this over the file.
+/// Holds at most one line of [`MAX_LINE`] bytes besides the result, however
+/// long the input. Errors only when `reader` does.
+pub fn parse_due_backup(mut reader: impl BufRead) -> io::Result<Import> {
     let mut import = Import::default();
     let mut line = Vec::with_capacity(256);
     let mut number = 0;
@@ -239,11 +248,7 @@ pub fn import_due_backup(path: &Path) -> Result<Option<Import>, DueListError> {
         number += 1;
         // One byte more than the limit tells an over-long line apart.
         let limit = u64::try_from(MAX_LINE + 1).unwrap_or(u64::MAX);
-        let n = reader
-            .by_ref()
-            .take(limit)
-            .read_until(b'\n', &mut line)
-            .map_err(read_err)?;
+        let n = reader.by_ref().take(limit).read_until(b'\n', &mut line)?;
         if n == 0 {
             break;
         }
@@ -255,7 +260,7 @@ pub fn import_due_backup(path: &Path) -> Result<Option<Import>, DueListError> {
             }
         }
         if !complete && line.len() > MAX_LINE {
-            reader.skip_until(b'\n').map_err(read_err)?;
+            reader.skip_until(b'\n')?;
             refuse(&mut import, number, &line, Refusal::TooLong);
             continue;
         }
@@ -276,7 +281,7 @@ pub fn import_due_backup(path: &Path) -> Result<Option<Import>, DueListError> {
     }
     import.paths.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
     import.paths.dedup();
-    Ok(Some(import))
+    Ok(import)
 }
 
 /// Whether `path` can be one line of a list file.

@@ -244,3 +244,31 @@ fn an_unreadable_due_backup_is_an_error_naming_it() {
     let err = import_due_backup(&list).unwrap_err();
     assert!(err.to_string().contains("DUE_BACKUP"), "{err}");
 }
+
+#[test]
+fn parsing_bytes_gives_what_importing_the_file_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("DUE_BACKUP");
+    let text = b"/data/b.bin\r\n\n/data/a.bin\nrel\n/data/b.bin\n/data/last".to_vec();
+    fs::write(&list, &text).unwrap();
+    let parsed = parse_due_backup(&text[..]).unwrap();
+    assert_eq!(parsed, import_due_backup(&list).unwrap().unwrap());
+    assert_eq!(
+        parsed.paths,
+        [p("/data/a.bin"), p("/data/b.bin"), p("/data/last")]
+    );
+    assert_eq!(parsed.refused_count, 1);
+    assert_eq!(parsed.refused[0].line, 4);
+}
+
+#[test]
+fn parsing_reports_an_error_of_the_reader() {
+    struct Broken;
+    impl std::io::Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("disk went away"))
+        }
+    }
+    let err = parse_due_backup(std::io::BufReader::new(Broken)).unwrap_err();
+    assert_eq!(err.to_string(), "disk went away");
+}
