@@ -12,10 +12,12 @@
 //! - Lines are raw path bytes followed by `\n`, sorted by byte value (the
 //!   order of `LC_ALL=C sort`), without duplicates.
 //! - **Names containing a newline** cannot be written to a line-based file
-//!   without a reader splitting them in two. Such a path is left out of both
-//!   files and returned to the caller to warn about; the file stays in the
-//!   ledger and is sent like any other. Quoting or escaping was rejected
-//!   because legacy readers would take the escaped text for a real path.
+//!   without a reader splitting them in two, and **names ending in `\r`**
+//!   would lose it to the CRLF handling of the import below. Such a path is
+//!   left out of both files and returned to the caller to warn about; the
+//!   file stays in the ledger and is sent like any other. Quoting or escaping
+//!   was rejected because legacy readers would take the escaped text for a
+//!   real path.
 //! - **Import** reads the file line by line (memory bounded by one line of at
 //!   most [`MAX_LINE`] bytes plus the result). It strips one `\r` before the
 //!   `\n` (CRLF files), skips blank lines and duplicates, and keeps every
@@ -63,8 +65,8 @@ pub enum DueListError {
 pub struct Written {
     /// Lines in the file now.
     pub lines: usize,
-    /// Paths left out because a line cannot hold them (they contain a
-    /// newline).
+    /// Paths left out because a line cannot hold them (see
+    /// [`representable`]).
     pub unrepresentable: Vec<PathBuf>,
 }
 
@@ -112,7 +114,8 @@ impl std::fmt::Display for Refusal {
 }
 
 /// Replaces `path` atomically with the sorted, unique list of `paths`, one
-/// per line. Paths containing a newline are left out and returned.
+/// per line. Paths a line cannot hold ([`representable`]) are left out
+/// and returned.
 pub fn write_due_backup<I, P>(path: &Path, paths: I) -> Result<Written, DueListError>
 where
     I: IntoIterator<Item = P>,
@@ -185,7 +188,8 @@ where
 }
 
 /// Appends `paths` to `BACKUP_DONE`, one per line in the order given, and
-/// fsyncs. Paths containing a newline are left out and returned.
+/// fsyncs. Paths a line cannot hold ([`representable`]) are left out and
+/// returned.
 pub fn append_backup_done<I, P>(path: &Path, paths: I) -> Result<Vec<PathBuf>, DueListError>
 where
     I: IntoIterator<Item = P>,
@@ -284,9 +288,12 @@ pub fn parse_due_backup(mut reader: impl BufRead) -> io::Result<Import> {
     Ok(import)
 }
 
-/// Whether `path` can be one line of a list file.
+/// Whether `path` can be one line of a list file and read back the same:
+/// no newline in it, and no `\r` at its end (the import takes a `\r`
+/// before the newline for a CRLF line end).
 pub fn representable(path: &Path) -> bool {
-    !bytes(path).contains(&b'\n')
+    let bytes = bytes(path);
+    !bytes.contains(&b'\n') && bytes.last() != Some(&b'\r')
 }
 
 fn refuse(import: &mut Import, line: usize, text: &[u8], reason: Refusal) {

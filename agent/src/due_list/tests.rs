@@ -99,6 +99,28 @@ fn a_name_with_a_newline_is_left_out_of_due_backup_and_returned() {
     assert_eq!(back.paths, [p("/srv/data/a.bin"), p("/srv/data/two")]);
 }
 
+/// Found by the `due_backup` fuzz target: "/x\r" was written as "/x\r\n",
+/// which the import reads back as "/x", a different file.
+#[test]
+fn a_name_ending_in_a_carriage_return_is_left_out_of_both_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("DUE_BACKUP");
+    let done = dir.path().join("BACKUP_DONE");
+    let cr = p("/srv/data/rfeye002073_220307_T175758.bin\r");
+    let inner = p("/srv/data/a\rb.bin");
+    let written = write_due_backup(&list, [cr.clone(), inner.clone()]).unwrap();
+    assert_eq!(written.unrepresentable, std::slice::from_ref(&cr));
+    assert_eq!(written.lines, 1);
+    // A \r inside a name is kept and reads back as written.
+    assert_eq!(
+        import_due_backup(&list).unwrap().unwrap().paths,
+        std::slice::from_ref(&inner)
+    );
+    let left_out = append_backup_done(&done, [&cr, &inner]).unwrap();
+    assert_eq!(left_out, [cr]);
+    assert_eq!(fs::read(&done).unwrap(), b"/srv/data/a\rb.bin\n");
+}
+
 #[test]
 fn names_that_are_not_utf8_are_written_as_raw_bytes() {
     let dir = tempfile::tempdir().unwrap();
