@@ -10,7 +10,10 @@
 //!   same directory, fsynced, renamed over the old one, and the directory
 //!   fsynced. A reader sees the old or the new list, never a mix.
 //! - Lines are raw path bytes followed by `\n`, sorted by byte value (the
-//!   order of `LC_ALL=C sort`), without duplicates.
+//!   order of `LC_ALL=C sort`), without duplicates. Duplicates are equal
+//!   bytes too, not equal `Path`s: `Path` equality takes `//a` and `/a` for
+//!   one path, which after a byte sort need not be neighbours, so
+//!   deduplicating by it kept or dropped a spelling by chance.
 //! - **Names containing a newline** cannot be written to a line-based file
 //!   without a reader splitting them in two, and **names ending in `\r`**
 //!   would lose it to the CRLF handling of the import below. Such a path is
@@ -132,9 +135,9 @@ where
         }
     }
     lines.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
-    lines.dedup();
+    lines.dedup_by(|a, b| bytes(a) == bytes(b));
     unrepresentable.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
-    unrepresentable.dedup();
+    unrepresentable.dedup_by(|a, b| bytes(a) == bytes(b));
 
     let write_err = |source| DueListError::Write {
         path: path.to_owned(),
@@ -284,7 +287,7 @@ pub fn parse_due_backup(mut reader: impl BufRead) -> io::Result<Import> {
         }
     }
     import.paths.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
-    import.paths.dedup();
+    import.paths.dedup_by(|a, b| bytes(a) == bytes(b));
     Ok(import)
 }
 

@@ -121,6 +121,30 @@ fn a_name_ending_in_a_carriage_return_is_left_out_of_both_lists() {
     assert_eq!(fs::read(&done).unwrap(), b"/srv/data/a\rb.bin\n");
 }
 
+/// Found by the `due_backup` fuzz target: duplicates were dropped by `Path`
+/// equality after a byte sort, so "/a" and "//a" were merged when they
+/// happened to be neighbours and both kept otherwise; a list Ferry wrote
+/// then imported back different.
+#[test]
+fn spellings_of_one_path_are_kept_whatever_their_neighbours() {
+    // `Path` equality would take "//a" for "/a": compare the bytes.
+    fn texts(paths: &[PathBuf]) -> Vec<&OsStr> {
+        paths.iter().map(|p| p.as_os_str()).collect()
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("DUE_BACKUP");
+    for text in [&b"/a\n//a\n"[..], b"/a\n//a\n//b\r", b"//a\n/a\n/a\n"] {
+        let paths = parse_due_backup(text).unwrap().paths;
+        let kept: Vec<PathBuf> = paths.iter().filter(|p| representable(p)).cloned().collect();
+        assert_eq!(texts(&kept), ["//a", "/a"], "{text:?}");
+        write_due_backup(&list, paths).unwrap();
+        let back = import_due_backup(&list).unwrap().unwrap().paths;
+        assert_eq!(texts(&back), texts(&kept), "{text:?}");
+    }
+    write_due_backup(&list, [p("/a"), p("//a"), p("/a")]).unwrap();
+    assert_eq!(fs::read(&list).unwrap(), b"//a\n/a\n");
+}
+
 #[test]
 fn names_that_are_not_utf8_are_written_as_raw_bytes() {
     let dir = tempfile::tempdir().unwrap();
