@@ -2,6 +2,7 @@
 //! fresh Debian machine (`mariadb-server` for the catalog tests) and runs
 //! every test of the workspace.
 
+mod fuzz;
 mod quickstart;
 
 use std::process::{Command, ExitCode};
@@ -15,6 +16,12 @@ tasks:
   quickstart [DIR] build Ferry and run a collector and an agent on sample
                    data with the embedded SQLite catalogs (default DIR:
                    ferry-quickstart); leaves ready-to-edit configs in DIR
+  fuzz [TARGET...] [--seconds N]
+                   run the cargo-fuzz targets (frame, path, config,
+                   due_backup, zmtp; default all) N seconds each (default 600),
+                   print executions and crashes; installs cargo-fuzz if
+                   missing, uses nightly if rustup has it, else stable with
+                   RUSTC_BOOTSTRAP=1
   test [ARGS...]   run the whole test suite (cargo nextest when installed,
                    cargo test otherwise); ARGS go to the test runner
 ";
@@ -24,6 +31,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("quickstart") => quickstart::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{HELP}");
             Ok(())
