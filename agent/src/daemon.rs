@@ -786,7 +786,7 @@ fn write_due_list(
     }) {
         Ok(written) => {
             for path in written.unrepresentable {
-                warn!(path = ?path, "name contains a newline: left out of DUE_BACKUP (still sent)");
+                warn!(path = ?path, "name contains a newline or ends in a carriage return: left out of DUE_BACKUP (still sent)");
             }
         }
         Err(error) => {

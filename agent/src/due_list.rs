@@ -10,12 +10,17 @@
 //!   same directory, fsynced, renamed over the old one, and the directory
 //!   fsynced. A reader sees the old or the new list, never a mix.
 //! - Lines are raw path bytes followed by `\n`, sorted by byte value (the
-//!   order of `LC_ALL=C sort`), without duplicates.
+//!   order of `LC_ALL=C sort`), without duplicates. Duplicates are equal
+//!   bytes too, not equal `Path`s: `Path` equality takes `//a` and `/a` for
+//!   one path, which after a byte sort need not be neighbours, so
+//!   deduplicating by it kept or dropped a spelling by chance.
 //! - **Names containing a newline** cannot be written to a line-based file
-//!   without a reader splitting them in two. Such a path is left out of both
-//!   files and returned to the caller to warn about; the file stays in the
-//!   ledger and is sent like any other. Quoting or escaping was rejected
-//!   because legacy readers would take the escaped text for a real path.
+//!   without a reader splitting them in two, and **names ending in `\r`**
+//!   would lose it to the CRLF handling of the import below. Such a path is
+//!   left out of both files and returned to the caller to warn about; the
+//!   file stays in the ledger and is sent like any other. Quoting or escaping
+//!   was rejected because legacy readers would take the escaped text for a
+//!   real path.
 //! - **Import** reads the file line by line (memory bounded by one line of at
 //!   most [`MAX_LINE`] bytes plus the result). It strips one `\r` before the
 //!   `\n` (CRLF files), skips blank lines and duplicates, and keeps every
@@ -63,8 +68,8 @@ pub enum DueListError {
 pub struct Written {
     /// Lines in the file now.
     pub lines: usize,
-    /// Paths left out because a line cannot hold them (they contain a
-    /// newline).
+    /// Paths left out because a line cannot hold them (see
+    /// [`representable`]).
     pub unrepresentable: Vec<PathBuf>,
 }
 
@@ -112,7 +117,8 @@ impl std::fmt::Display for Refusal {
 }
 
 /// Replaces `path` atomically with the sorted, unique list of `paths`, one
-/// per line. Paths containing a newline are left out and returned.
+/// per line. Paths a line cannot hold ([`representable`]) are left out
+/// and returned.
 pub fn write_due_backup<I, P>(path: &Path, paths: I) -> Result<Written, DueListError>
 where
     I: IntoIterator<Item = P>,
@@ -129,9 +135,9 @@ where
         }
     }
     lines.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
-    lines.dedup();
+    lines.dedup_by(|a, b| bytes(a) == bytes(b));
     unrepresentable.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
-    unrepresentable.dedup();
+    unrepresentable.dedup_by(|a, b| bytes(a) == bytes(b));
 
     let write_err = |source| DueListError::Write {
         path: path.to_owned(),
@@ -185,7 +191,8 @@ where
 }
 
 /// Appends `paths` to `BACKUP_DONE`, one per line in the order given, and
-/// fsyncs. Paths containing a newline are left out and returned.
+/// fsyncs. Paths a line cannot hold ([`representable`]) are left out and
+/// returned.
 pub fn append_backup_done<I, P>(path: &Path, paths: I) -> Result<Vec<PathBuf>, DueListError>
 where
     I: IntoIterator<Item = P>,
@@ -259,7 +266,16 @@ pub fn import_due_backup(path: &Path) -> Result<Option<Import>, DueListError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(read_err(e)),
     };
-    let mut reader = BufReader::new(file);
+    parse_due_backup(BufReader::new(file))
+        .map(Some)
+        .map_err(read_err)
+}
+
+/// Parses the text of a `DUE_BACKUP` from `reader`, by the import rules of
+/// the module documentation; [`import_due_backup`] is this over the file.
+/// Holds at most one line of [`MAX_LINE`] bytes besides the result, however
+/// long the input. Errors only when `reader` does.
+pub fn parse_due_backup(mut reader: impl BufRead) -> io::Result<Import> {
     let mut import = Import::default();
     let mut line = Vec::with_capacity(256);
     let mut number = 0;
@@ -268,11 +284,7 @@ pub fn import_due_backup(path: &Path) -> Result<Option<Import>, DueListError> {
         number += 1;
         // One byte more than the limit tells an over-long line apart.
         let limit = u64::try_from(MAX_LINE + 1).unwrap_or(u64::MAX);
-        let n = reader
-            .by_ref()
-            .take(limit)
-            .read_until(b'\n', &mut line)
-            .map_err(read_err)?;
+        let n = reader.by_ref().take(limit).read_until(b'\n', &mut line)?;
         if n == 0 {
             break;
         }
@@ -284,7 +296,7 @@ pub fn import_due_backup(path: &Path) -> Result<Option<Import>, DueListError> {
             }
         }
         if !complete && line.len() > MAX_LINE {
-            reader.skip_until(b'\n').map_err(read_err)?;
+            reader.skip_until(b'\n')?;
             refuse(&mut import, number, &line, Refusal::TooLong);
             continue;
         }
@@ -304,13 +316,16 @@ pub fn import_due_backup(path: &Path) -> Result<Option<Import>, DueListError> {
         }
     }
     import.paths.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
-    import.paths.dedup();
-    Ok(Some(import))
+    import.paths.dedup_by(|a, b| bytes(a) == bytes(b));
+    Ok(import)
 }
 
-/// Whether `path` can be one line of a list file.
+/// Whether `path` can be one line of a list file and read back the same:
+/// no newline in it, and no `\r` at its end (the import takes a `\r`
+/// before the newline for a CRLF line end).
 pub fn representable(path: &Path) -> bool {
-    !bytes(path).contains(&b'\n')
+    let bytes = bytes(path);
+    !bytes.contains(&b'\n') && bytes.last() != Some(&b'\r')
 }
 
 fn refuse(import: &mut Import, line: usize, text: &[u8], reason: Refusal) {

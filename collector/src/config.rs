@@ -102,9 +102,10 @@ struct RawLimits {
     max_chunk_bytes: u32,
     /// Largest frame accepted on the wire (at most 8 MiB).
     max_frame_bytes: u64,
-    /// Ping interval asked of agents, in seconds.
+    /// Ping interval asked of agents, in seconds (1 to 3600).
     heartbeat_secs: u64,
-    /// Time a new connection gets for its TLS and ZMTP handshakes.
+    /// Time a new connection gets for its TLS and ZMTP handshakes, in
+    /// seconds (1 to 3600).
     handshake_timeout_secs: u64,
     /// Free space the repository's filesystem keeps; below it new data is
     /// refused with a retryable error.
@@ -124,6 +125,15 @@ impl Default for RawLimits {
         }
     }
 }
+
+/// Longest ping interval accepted. Agents get it in milliseconds in a u32
+/// (`Welcome::heartbeat_ms`), which a larger value would overflow; an idle
+/// session pinged less than hourly would hide a dead link for hours anyway.
+pub const MAX_HEARTBEAT_SECS: u64 = 3600;
+
+/// Longest handshake timeout accepted: the TLS bridge adds it to the clock
+/// for every connection, which panics when the sum overflows.
+pub const MAX_HANDSHAKE_TIMEOUT_SECS: u64 = 3600;
 
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/ferry/collector")
@@ -306,6 +316,18 @@ pub fn parse(text: &str, origin: &Path) -> Result<Settings, ConfigError> {
             "heartbeat_secs, handshake_timeout_secs and max_sessions must be positive".into(),
         ));
     }
+    if l.heartbeat_secs > MAX_HEARTBEAT_SECS {
+        return Err(invalid(
+            "limits.heartbeat_secs",
+            format!("must be at most {MAX_HEARTBEAT_SECS}"),
+        ));
+    }
+    if l.handshake_timeout_secs > MAX_HANDSHAKE_TIMEOUT_SECS {
+        return Err(invalid(
+            "limits.handshake_timeout_secs",
+            format!("must be at most {MAX_HANDSHAKE_TIMEOUT_SECS}"),
+        ));
+    }
     let http_listen = match raw.http.listen.trim() {
         "" => None,
         text => Some(text.parse::<SocketAddr>().map_err(|e| {
@@ -424,6 +446,33 @@ mod tests {
         let s = parse(&minimal(""), Path::new("/srv/ferry/collector.toml")).unwrap();
         assert_eq!(s.repository, Path::new("/srv/ferry/repo"));
         assert_eq!(s.tls_key, Path::new("/srv/ferry/s.key"));
+    }
+
+    /// Found by the `config` fuzz target's invariants: a heartbeat of
+    /// 4294968 s was accepted and sent to agents as 704 ms (the u32
+    /// millisecond field wrapped), and a handshake timeout of u64::MAX
+    /// seconds was accepted and made every connection panic adding it to
+    /// the clock.
+    #[test]
+    fn a_heartbeat_or_handshake_timeout_too_long_for_its_use_is_refused() {
+        let origin = Path::new("c.toml");
+        for (limits, key) in [
+            ("heartbeat_secs = 4294968", "limits.heartbeat_secs"),
+            (
+                "handshake_timeout_secs = 18446744073709551615",
+                "limits.handshake_timeout_secs",
+            ),
+            ("heartbeat_secs = 3601", "limits.heartbeat_secs"),
+        ] {
+            let err = parse(&minimal(&format!("[limits]\n{limits}")), origin)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains("at most 3600"), "{err}");
+        }
+        let text = minimal("[limits]\nheartbeat_secs = 3600\nhandshake_timeout_secs = 3600");
+        let s = parse(&text, origin).unwrap();
+        assert_eq!(s.heartbeat, Duration::from_secs(3600));
+        assert_eq!(s.handshake_timeout, Duration::from_secs(3600));
     }
 
     #[test]

@@ -160,7 +160,7 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
             software: format!("ferry-collector {}", env!("CARGO_PKG_VERSION")),
             max_chunk: shared.max_chunk,
             window: shared.window,
-            heartbeat_ms: shared.heartbeat.as_millis() as u32,
+            heartbeat_ms: u32::try_from(shared.heartbeat.as_millis()).unwrap_or(u32::MAX),
         };
         let metrics = shared.metrics.clone();
         tokio::spawn(

@@ -5,6 +5,7 @@
 
 mod bench;
 mod chaos;
+mod fuzz;
 mod package;
 mod quickstart;
 
@@ -27,6 +28,12 @@ tasks:
                    ferry-collector into target/packages; --check also
                    inspects them, runs lintian, rpm and systemd-analyze,
                    and installs the .debs into a Debian root
+  fuzz [TARGET...] [--seconds N]
+                   run the cargo-fuzz targets (frame, path, config,
+                   due_backup, zmtp; default all) N seconds each (default 600),
+                   print executions and crashes; installs cargo-fuzz if
+                   missing, uses nightly if rustup has it, else stable with
+                   RUSTC_BOOTSTRAP=1
   test [ARGS...]   run the whole test suite (cargo nextest when installed,
                    cargo test otherwise); ARGS go to the test runner
   chaos [FLAGS]    the long chaos run (about 2.5 GiB on 8 stations, 10 min of
@@ -44,6 +51,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("package") => package::run(&args[1..]),
         Some("chaos") => chaos::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{HELP}");
             Ok(())

@@ -99,6 +99,52 @@ fn a_name_with_a_newline_is_left_out_of_due_backup_and_returned() {
     assert_eq!(back.paths, [p("/srv/data/a.bin"), p("/srv/data/two")]);
 }
 
+/// Found by the `due_backup` fuzz target: "/x\r" was written as "/x\r\n",
+/// which the import reads back as "/x", a different file.
+#[test]
+fn a_name_ending_in_a_carriage_return_is_left_out_of_both_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("DUE_BACKUP");
+    let done = dir.path().join("BACKUP_DONE");
+    let cr = p("/srv/data/rfeye002073_220307_T175758.bin\r");
+    let inner = p("/srv/data/a\rb.bin");
+    let written = write_due_backup(&list, [cr.clone(), inner.clone()]).unwrap();
+    assert_eq!(written.unrepresentable, std::slice::from_ref(&cr));
+    assert_eq!(written.lines, 1);
+    // A \r inside a name is kept and reads back as written.
+    assert_eq!(
+        import_due_backup(&list).unwrap().unwrap().paths,
+        std::slice::from_ref(&inner)
+    );
+    let left_out = append_backup_done(&done, [&cr, &inner]).unwrap();
+    assert_eq!(left_out, [cr]);
+    assert_eq!(fs::read(&done).unwrap(), b"/srv/data/a\rb.bin\n");
+}
+
+/// Found by the `due_backup` fuzz target: duplicates were dropped by `Path`
+/// equality after a byte sort, so "/a" and "//a" were merged when they
+/// happened to be neighbours and both kept otherwise; a list Ferry wrote
+/// then imported back different.
+#[test]
+fn spellings_of_one_path_are_kept_whatever_their_neighbours() {
+    // `Path` equality would take "//a" for "/a": compare the bytes.
+    fn texts(paths: &[PathBuf]) -> Vec<&OsStr> {
+        paths.iter().map(|p| p.as_os_str()).collect()
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("DUE_BACKUP");
+    for text in [&b"/a\n//a\n"[..], b"/a\n//a\n//b\r", b"//a\n/a\n/a\n"] {
+        let paths = parse_due_backup(text).unwrap().paths;
+        let kept: Vec<PathBuf> = paths.iter().filter(|p| representable(p)).cloned().collect();
+        assert_eq!(texts(&kept), ["//a", "/a"], "{text:?}");
+        write_due_backup(&list, paths).unwrap();
+        let back = import_due_backup(&list).unwrap().unwrap().paths;
+        assert_eq!(texts(&back), texts(&kept), "{text:?}");
+    }
+    write_due_backup(&list, [p("/a"), p("//a"), p("/a")]).unwrap();
+    assert_eq!(fs::read(&list).unwrap(), b"//a\n/a\n");
+}
+
 #[test]
 fn names_that_are_not_utf8_are_written_as_raw_bytes() {
     let dir = tempfile::tempdir().unwrap();
@@ -268,4 +314,32 @@ fn an_unreadable_due_backup_is_an_error_naming_it() {
     fs::create_dir(&list).unwrap();
     let err = import_due_backup(&list).unwrap_err();
     assert!(err.to_string().contains("DUE_BACKUP"), "{err}");
+}
+
+#[test]
+fn parsing_bytes_gives_what_importing_the_file_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("DUE_BACKUP");
+    let text = b"/data/b.bin\r\n\n/data/a.bin\nrel\n/data/b.bin\n/data/last".to_vec();
+    fs::write(&list, &text).unwrap();
+    let parsed = parse_due_backup(&text[..]).unwrap();
+    assert_eq!(parsed, import_due_backup(&list).unwrap().unwrap());
+    assert_eq!(
+        parsed.paths,
+        [p("/data/a.bin"), p("/data/b.bin"), p("/data/last")]
+    );
+    assert_eq!(parsed.refused_count, 1);
+    assert_eq!(parsed.refused[0].line, 4);
+}
+
+#[test]
+fn parsing_reports_an_error_of_the_reader() {
+    struct Broken;
+    impl std::io::Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("disk went away"))
+        }
+    }
+    let err = parse_due_backup(std::io::BufReader::new(Broken)).unwrap_err();
+    assert_eq!(err.to_string(), "disk went away");
 }
