@@ -423,12 +423,15 @@ async fn watch_roots(
         .unwrap_or(Duration::from_secs(30));
     let mut poll = tokio::time::interval(poll_every);
     poll.tick().await;
+    // Without inotify there is no watcher, and no event ever comes: the
+    // closed channel must not end the loop, the polls carry on.
+    let mut watching = true;
     loop {
         tokio::select! {
-            change = events.recv() => {
-                let Some(change) = change else { break };
-                handle(&settings, &ledger, change, &mut settler, &due_changed, metrics);
-            }
+            change = events.recv(), if watching => match change {
+                Some(change) => handle(&settings, &ledger, change, &mut settler, &due_changed, metrics),
+                None => watching = false,
+            },
             _ = settle.tick() => {
                 if !settler.is_empty() {
                     let ready = tokio::task::block_in_place(|| settler.ripe(&settings.roots, settings.settle, SystemTime::now()));
