@@ -26,9 +26,7 @@ pub fn run(bins: &Binaries, pki: &TestPki, options: &Options) -> Result<String> 
         0xa991,
     )?;
     let dir = options.dir.join("runs/apply");
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
+    data::clear(&dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

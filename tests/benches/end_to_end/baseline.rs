@@ -26,10 +26,7 @@ impl Sshd {
     /// missing, makes host and client keys in `dir`, and starts sshd.
     pub fn start(dir: &Path) -> Result<Self> {
         ensure_tools()?;
-        if dir.exists() {
-            std::fs::remove_dir_all(dir)?;
-        }
-        std::fs::create_dir_all(dir)?;
+        fresh(dir)?;
         for name in ["host_key", "client_key"] {
             let status = Command::new("ssh-keygen")
                 .args(["-q", "-t", "ed25519", "-N", "", "-f"])
@@ -189,9 +186,7 @@ impl Sshd {
 }
 
 fn fresh(dir: &Path) -> Result<PathBuf> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
-    }
+    crate::data::clear(dir)?;
     std::fs::create_dir_all(dir)?;
     Ok(dir.to_owned())
 }

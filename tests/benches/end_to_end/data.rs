@@ -65,9 +65,7 @@ pub fn make(base: &Path, name: &str, files: &[(String, usize)], seed: u64) -> Re
     if marker.exists() {
         return Ok(dir);
     }
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
+    clear(&dir)?;
     eprintln!("making data set {name} in {}", dir.display());
     let mut rng = Rng(seed | 1);
     let mut buf = Vec::new();
@@ -89,6 +87,14 @@ pub fn make(base: &Path, name: &str, files: &[(String, usize)], seed: u64) -> Re
     }
     std::fs::write(&marker, format!("{} files\n", files.len()))?;
     Ok(dir)
+}
+
+/// Removes `dir` and everything in it, if it exists.
+pub fn clear(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    Ok(())
 }
 
 /// xorshift64: random-looking, incompressible, repeatable content.

@@ -25,9 +25,7 @@ pub fn run(bins: &Binaries, pki: &TestPki, options: &Options) -> Result<String> 
     // station's rows and repository area are its own all the same.
     let root = data::make(&options.dir.join("data"), "fan-in", &files, 0xfa41)?;
     let dir = options.dir.join("runs/fan-in");
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
+    data::clear(&dir)?;
     let names: Vec<String> = (0..stations).map(|i| format!("station-{i:03}")).collect();
     for name in &names {
         pki.station(name)?;

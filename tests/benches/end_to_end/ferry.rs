@@ -12,6 +12,7 @@ use ferry_tests::pki::TestPki;
 use ferry_tests::process::{Process, free_port, wait_for_port};
 use rusqlite::{Connection, OpenFlags};
 
+use crate::data;
 use crate::stats::{self, Measured};
 
 /// The station id of single-station runs.
@@ -245,9 +246,7 @@ impl Catalogs {
 pub fn ship(bins: &Binaries, pki: &TestPki, root: &Path, work: &Path) -> Result<Measured> {
     let (files, bytes) = count(root)?;
     let dir = work.join("ferry");
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
+    data::clear(&dir)?;
     let mut collector = Collector::start(bins, pki, &dir, None)?;
     let started = Instant::now();
     let mut agent = Agent::start(bins, pki, STATION, collector.addr, root, &dir.join("agent"))?;

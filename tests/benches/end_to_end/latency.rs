@@ -10,7 +10,7 @@ use anyhow::{Result, ensure};
 use ferry_tests::pki::TestPki;
 
 use crate::Options;
-use crate::data::Rng;
+use crate::data::{self, Rng};
 use crate::ferry::{Agent, Binaries, Collector, STATION};
 use crate::stats::percentile;
 
@@ -19,9 +19,7 @@ const SIZE: usize = 64 << 10;
 
 pub fn run(bins: &Binaries, pki: &TestPki, options: &Options) -> Result<String> {
     let dir = options.dir.join("runs/latency");
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
+    data::clear(&dir)?;
     let root = dir.join("station");
     std::fs::create_dir_all(&root)?;
     let mut collector = Collector::start(bins, pki, &dir, None)?;
