@@ -5,7 +5,9 @@
 //! nothing for content the repository already holds), writes chunks to
 //! staging, and when every file of a batch is committed, verifies, fsyncs and
 //! places them, appends their catalog records to the journal in one
-//! transaction, and only then sends the batch's ack.
+//! transaction, and only then sends the batch's ack. That placing runs
+//! beside the session (up to [`PLACING`] batches at once), so the next
+//! batch's chunks keep arriving while the previous one is fsynced.
 //!
 //! Fairness and memory: each session's queue holds at most the flow-control
 //! window's worth of chunks; the dispatcher never waits on a session, and a
@@ -22,11 +24,17 @@ use ferry_common::link::{Incoming, Peer, ServerLink, ServerSender, admit_hello, 
 use ferry_common::protocol::*;
 use ferry_common::station::StationId;
 use tokio::sync::{Mutex, Notify, mpsc, watch};
+use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::journal::{Journal, Record};
 use crate::metrics::Metrics;
 use crate::repository::{self, FileKey, Placement, Repository, RepositoryError, Staged};
+
+/// Complete batches of one session placed at once. Two let the transfer of
+/// a batch overlap the fsyncs of the one before (an agent keeps two batches
+/// in flight); more would only queue behind the disk.
+const PLACING: usize = 2;
 
 /// What every session shares.
 #[derive(Debug)]
@@ -226,6 +234,8 @@ struct Session {
     credited: u64,
     /// Shared with the dispatcher: weight of this session's queued messages.
     queued: Arc<AtomicU64>,
+    /// Complete batches being placed and acked in the background.
+    placing: JoinSet<()>,
 }
 
 impl Session {
@@ -247,6 +257,7 @@ impl Session {
             consumed: 0,
             credited: 0,
             queued,
+            placing: JoinSet::new(),
         }
     }
 
@@ -278,6 +289,9 @@ impl Session {
                 }
             }
         }
+        // The station's next session waits for this one (it takes the same
+        // staging files): finish what is being placed first.
+        while self.placing.join_next().await.is_some() {}
     }
 
     fn disk_full(&self) -> bool {
@@ -548,60 +562,31 @@ impl Session {
         }
     }
 
-    /// Once no file of `batch` is outstanding: place, journal, ack.
+    /// Once no file of `batch` is outstanding: place, journal and ack it in
+    /// the background, so that the next batch's transfer overlaps this one's
+    /// fsyncs. At most [`PLACING`] batches of a session are placed at once;
+    /// the session waits for the oldest before starting another.
     async fn maybe_finish(&mut self, batch_id: u64) {
         match self.batches.get(&batch_id) {
             Some(batch) if batch.waiting.is_empty() => {}
             _ => return,
         }
-        let Some(mut batch) = self.batches.remove(&batch_id) else {
+        let Some(batch) = self.batches.remove(&batch_id) else {
             return;
         };
-        let committed = std::mem::take(&mut batch.committed);
-        let bytes: u64 = committed.iter().map(|(_, staged, _)| staged.key.size).sum();
-        let shared = self.shared.clone();
-        let transfer = format!("{:016x}/{batch_id}", self.session);
-        // The blocking thread logs within this session's span (station).
-        let span = tracing::Span::current();
-        let placed = tokio::task::spawn_blocking(move || {
-            span.in_scope(|| place_batch(&shared, committed, &transfer))
-        })
-        .await;
-        match placed {
-            Ok(results) => batch.results.extend(results),
-            Err(e) => warn!(error = %e, "placing a batch failed"),
+        while self.placing.len() >= PLACING {
+            let _ = self.placing.join_next().await;
         }
-        for wake in &self.shared.applied_wake {
-            wake.notify_one();
-        }
-        batch.results.sort_by_key(|r| r.id);
-        let (mut stored, mut already, mut failed) = (0usize, 0usize, 0usize);
-        for result in &batch.results {
-            match &result.outcome {
-                Outcome::Stored { .. } => stored += 1,
-                Outcome::AlreadyStored { .. } => already += 1,
-                Outcome::Failed(error) => {
-                    failed += 1;
-                    self.shared.metrics.error(error.code);
-                }
-            }
-        }
-        Metrics::add(&self.shared.metrics.batches, 1);
-        info!(
-            batch = batch_id,
-            files = batch.results.len(),
-            stored,
-            already,
-            failed,
-            bytes,
-            ms = batch.started.elapsed().as_millis() as u64,
-            "batch acknowledged"
+        let finish = finish_batch(
+            self.shared.clone(),
+            self.sender.clone(),
+            self.peer.clone(),
+            format!("{:016x}/{batch_id}", self.session),
+            batch_id,
+            batch,
         );
-        self.send(Message::Ack(Ack {
-            batch: batch_id,
-            results: batch.results,
-        }))
-        .await;
+        self.placing
+            .spawn(finish.instrument(tracing::Span::current()));
     }
 
     async fn status(&self) {
@@ -628,6 +613,69 @@ impl Session {
         }))
         .await;
     }
+}
+
+/// Places a complete batch (on a blocking thread), logs it and sends its ack.
+async fn finish_batch(
+    shared: Arc<Shared>,
+    sender: ServerSender,
+    peer: Peer,
+    transfer: String,
+    batch_id: u64,
+    mut batch: Batch,
+) {
+    let committed = std::mem::take(&mut batch.committed);
+    let bytes: u64 = committed.iter().map(|(_, staged, _)| staged.key.size).sum();
+    let placing = Instant::now();
+    let placed = {
+        let shared = shared.clone();
+        // The blocking thread logs within this session's span (station).
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| place_batch(&shared, committed, &transfer))
+        })
+        .await
+    };
+    match placed {
+        Ok(results) => batch.results.extend(results),
+        Err(e) => warn!(error = %e, "placing a batch failed"),
+    }
+    for wake in &shared.applied_wake {
+        wake.notify_one();
+    }
+    batch.results.sort_by_key(|r| r.id);
+    let (mut stored, mut already, mut failed) = (0usize, 0usize, 0usize);
+    for result in &batch.results {
+        match &result.outcome {
+            Outcome::Stored { .. } => stored += 1,
+            Outcome::AlreadyStored { .. } => already += 1,
+            Outcome::Failed(error) => {
+                failed += 1;
+                shared.metrics.error(error.code);
+            }
+        }
+    }
+    Metrics::add(&shared.metrics.batches, 1);
+    info!(
+        batch = batch_id,
+        files = batch.results.len(),
+        stored,
+        already,
+        failed,
+        bytes,
+        ms = batch.started.elapsed().as_millis() as u64,
+        place_ms = placing.elapsed().as_millis() as u64,
+        "batch acknowledged"
+    );
+    let _ = sender
+        .send(
+            &peer,
+            Message::Ack(Ack {
+                batch: batch_id,
+                results: batch.results,
+            }),
+        )
+        .await;
 }
 
 /// Fsyncs and places each committed file, journals the records of the batch
