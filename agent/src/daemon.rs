@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::config::{AfterAck, Root, Settings};
 use crate::due_list;
 use crate::halt_flag::{self, HaltFlag, Held, Raise};
-use crate::ledger::{Acked, AckedFile, DueFile, Ledger, Observation, Observed};
+use crate::ledger::{Acked, AckedFile, DueFile, FileKey, Ledger, Observation, Observed};
 use crate::metrics::{ErrorKind, Metrics, Source};
 use crate::sender::{self, Flow, OutgoingFile};
 use crate::status::{self, LinkState};
@@ -533,6 +533,13 @@ async fn send_due(
     let mut held: Option<Held> = None;
     let mut link: Option<ClientLink> = None;
     let mut flow = Flow::default();
+    let mut in_flight: Option<Pending> = None;
+    let context = Context {
+        settings: &settings,
+        ledger: &ledger,
+        state_path: &state_path,
+        metrics: &metrics,
+    };
     let mut batch_no = 0u64;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     let mut dirty = true;
@@ -556,6 +563,14 @@ async fn send_due(
                 Vec::new()
             }
         };
+        // Nothing more to start: see the batch in flight through first.
+        if due.is_empty()
+            && let Some(previous) = in_flight.take()
+        {
+            finish_pending(previous, &mut link, &mut flow, &context).await;
+            dirty = true;
+            continue;
+        }
         if due.is_empty() && !dirty {
             if let Some(h) = held.take() {
                 let _ = h.lower();
@@ -659,6 +674,12 @@ async fn send_due(
         if due.len() < settings.batch.max_files
             && now.duration_since(youngest).unwrap_or_default() < settings.batch.linger
         {
+            // Waiting for the batch in flight is lingering enough.
+            if let Some(previous) = in_flight.take() {
+                finish_pending(previous, &mut link, &mut flow, &context).await;
+                dirty = true;
+                continue;
+            }
             tokio::select! {
                 () = tokio::time::sleep(settings.batch.linger) => {}
                 _ = shutdown.wait_for(|stop| *stop) => break,
@@ -713,35 +734,42 @@ async fn send_due(
         batch_no += 1;
         let span = info_span!("batch", batch = batch_no, files = files.len());
         let started = std::time::Instant::now();
-        let result = sender::send_batch(current, &mut flow, batch_no, &files)
+        let result = sender::start_batch(current, &mut flow, batch_no, &files)
             .instrument(span.clone())
             .await;
         match result {
-            Ok(reports) => {
-                backoff.reset();
-                let _enter = span.enter();
-                let settled = Settled {
-                    reports,
+            Ok(sent) => {
+                // This batch is on the wire; while the collector places it,
+                // see the one before through, then go on to the next.
+                let previous = in_flight.replace(Pending {
+                    batch,
+                    keys,
+                    sent,
+                    span,
                     started,
-                    state_path: &state_path,
-                    metrics: &metrics,
-                };
-                settle_batch(&settings, &ledger, &batch, settled);
-                dirty = true;
+                });
+                if let Some(previous) = previous {
+                    let ok = finish_pending(previous, &mut link, &mut flow, &context).await;
+                    if !ok && let Some(lost) = in_flight.take() {
+                        batch_failed(&lost.keys, &context);
+                    }
+                    dirty = true;
+                }
+                backoff.reset();
             }
             Err(error) => {
-                let _ = tokio::task::block_in_place(|| lock(&ledger).unmark_sending(&keys));
-                metrics.error(ErrorKind::Link);
-                Metrics::add(&metrics.retries, batch.len() as u64);
-                metrics.set_connected(false);
-                warn!(parent: &span, %error, "batch failed; reconnecting");
-                let mut state = status::read(&state_path);
-                state.connected = false;
-                state.last_error = Some(error.to_string());
-                status::write(&state_path, &state);
+                batch_failed(&keys, &context);
+                link_failed(&error, &span, &context);
+                if let Some(previous) = in_flight.take() {
+                    batch_failed(&previous.keys, &context);
+                }
                 link = None;
             }
         }
+    }
+    // A batch still in flight: its ack is a few fsyncs away.
+    if let Some(previous) = in_flight.take() {
+        finish_pending(previous, &mut link, &mut flow, &context).await;
     }
     if let Some(h) = held.take() {
         let _ = h.lower();
@@ -797,6 +825,86 @@ fn write_due_list(
             warn!(%error, "cannot write DUE_BACKUP");
         }
     }
+}
+
+/// What the sender records batches with.
+struct Context<'a> {
+    settings: &'a Settings,
+    ledger: &'a Shared,
+    state_path: &'a Path,
+    metrics: &'a Metrics,
+}
+
+/// A batch streamed and committed, waiting for its ack.
+struct Pending {
+    batch: Vec<DueFile>,
+    keys: Vec<FileKey>,
+    sent: sender::InFlight,
+    span: tracing::Span,
+    started: std::time::Instant,
+}
+
+/// Waits for the ack of `pending` and records it. If the link fails
+/// instead, the batch's files go back to due, the link is dropped and
+/// `false` comes back.
+async fn finish_pending(
+    pending: Pending,
+    link: &mut Option<ClientLink>,
+    flow: &mut Flow,
+    context: &Context<'_>,
+) -> bool {
+    let Pending {
+        batch,
+        keys,
+        sent,
+        span,
+        started,
+    } = pending;
+    let Some(current) = link.as_mut() else {
+        batch_failed(&keys, context);
+        return false;
+    };
+    match sender::finish_batch(current, flow, sent)
+        .instrument(span.clone())
+        .await
+    {
+        Ok(reports) => {
+            let _enter = span.enter();
+            let settled = Settled {
+                reports,
+                started,
+                state_path: context.state_path,
+                metrics: context.metrics,
+            };
+            settle_batch(context.settings, context.ledger, &batch, settled);
+            true
+        }
+        Err(error) => {
+            batch_failed(&keys, context);
+            link_failed(&error, &span, context);
+            *link = None;
+            false
+        }
+    }
+}
+
+/// A batch that did not complete: its files are due again (not a failure
+/// of theirs) and count as retries.
+fn batch_failed(keys: &[FileKey], context: &Context<'_>) {
+    let _ = tokio::task::block_in_place(|| lock(context.ledger).unmark_sending(keys));
+    Metrics::add(&context.metrics.retries, keys.len() as u64);
+}
+
+/// Records a broken session: metrics, log, status file. The caller drops
+/// the link.
+fn link_failed(error: &sender::SendError, span: &tracing::Span, context: &Context<'_>) {
+    context.metrics.error(ErrorKind::Link);
+    context.metrics.set_connected(false);
+    warn!(parent: span, %error, "batch failed; reconnecting");
+    let mut state = status::read(context.state_path);
+    state.connected = false;
+    state.last_error = Some(error.to_string());
+    status::write(context.state_path, &state);
 }
 
 /// A batch's results and where to record them.

@@ -1,6 +1,9 @@
 //! Sending a batch of files over an open session: offer, stream what the
 //! collector needs within the flow-control window, commit each file with the
-//! SHA-256 of what was read, and wait for the batch's ack.
+//! SHA-256 of what was read, and wait for the batch's ack. The daemon starts
+//! the next batch before waiting for the ack ([`start_batch`], then
+//! [`finish_batch`]), so one batch streams while the collector fsyncs the
+//! one before.
 //!
 //! Files are read in chunks and hashed as they are read, never loaded whole;
 //! a transfer that resumes at an offset re-reads (and hashes) the prefix
@@ -8,6 +11,7 @@
 //! before the offer ([`hash_unchanged`]), so the collector can answer that
 //! it already holds that content.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -51,11 +55,28 @@ pub enum SendError {
     Protocol(String),
 }
 
-/// Per-session flow-control state: bytes sent and credited so far.
-#[derive(Debug, Default, Clone, Copy)]
+/// Per-session state: bytes sent and credited so far (flow control), and
+/// acks that arrived while the session was busy with a later batch.
+#[derive(Debug, Default, Clone)]
 pub struct Flow {
     sent: u64,
     consumed: u64,
+    acks: HashMap<u64, Ack>,
+}
+
+/// A batch whose files are all streamed and committed, waiting for its ack.
+#[derive(Debug)]
+pub struct InFlight {
+    batch: u64,
+    /// Bytes sent per file.
+    sent: Vec<u64>,
+}
+
+impl InFlight {
+    /// The batch number.
+    pub fn batch(&self) -> u64 {
+        self.batch
+    }
 }
 
 /// Offers `files` as batch `batch` and sees it through to the ack.
@@ -65,6 +86,21 @@ pub async fn send_batch(
     batch: u64,
     files: &[OutgoingFile],
 ) -> Result<Vec<FileReport>, SendError> {
+    let in_flight = start_batch(link, flow, batch, files).await?;
+    finish_batch(link, flow, in_flight).await
+}
+
+/// Offers `files` as batch `batch`, streams what the collector asks for and
+/// commits every file, without waiting for the ack: the caller may start
+/// the next batch (with other files) first, then [`finish_batch`] this one.
+/// An ack of an earlier batch that arrives meanwhile is kept for its
+/// `finish_batch`.
+pub async fn start_batch(
+    link: &mut ClientLink,
+    flow: &mut Flow,
+    batch: u64,
+    files: &[OutgoingFile],
+) -> Result<InFlight, SendError> {
     let offers = files
         .iter()
         .enumerate()
@@ -124,11 +160,23 @@ pub async fn send_batch(
         }))
         .await?;
     }
-    let ack = match recv(link, flow).await? {
-        Message::Ack(ack) if ack.batch == batch => ack,
-        other => {
+    Ok(InFlight { batch, sent })
+}
+
+/// Waits for the ack of a batch [`start_batch`] sent, and reports each file.
+pub async fn finish_batch(
+    link: &mut ClientLink,
+    flow: &mut Flow,
+    in_flight: InFlight,
+) -> Result<Vec<FileReport>, SendError> {
+    let InFlight { batch, sent } = in_flight;
+    let ack = loop {
+        if let Some(ack) = flow.acks.remove(&batch) {
+            break ack;
+        }
+        if let Some(other) = next(link, flow).await? {
             return Err(SendError::Protocol(format!(
-                "expected an ack, got {other:?}"
+                "expected the ack of batch {batch}, got {other:?}"
             )));
         }
     };
@@ -171,15 +219,39 @@ pub fn hash_unchanged(file: &OutgoingFile) -> Option<Sha256> {
     (read == file.size && unchanged()).then(|| finish(hash))
 }
 
-/// Next message that is not flow control; credits update `flow`.
+/// Acks kept at most: more batches than this in flight is a caller's bug,
+/// or a collector acking batches never sent.
+const MAX_KEPT_ACKS: usize = 8;
+
+/// Next message that is neither flow control nor an ack.
 async fn recv(link: &mut ClientLink, flow: &mut Flow) -> Result<Message, SendError> {
     loop {
-        match link.recv().await? {
-            Message::Credit(credit) => flow.consumed = flow.consumed.max(credit.consumed),
-            Message::Error(error) => return Err(SendError::Collector(error)),
-            other => return Ok(other),
+        if let Some(message) = next(link, flow).await? {
+            return Ok(message);
         }
     }
+}
+
+/// One message from the collector. A credit updates `flow` and an ack is
+/// kept in it for [`finish_batch`] (both give `None`); an error frame ends
+/// the batch.
+async fn next(link: &mut ClientLink, flow: &mut Flow) -> Result<Option<Message>, SendError> {
+    match link.recv().await? {
+        Message::Credit(credit) => flow.consumed = flow.consumed.max(credit.consumed),
+        Message::Error(error) => return Err(SendError::Collector(error)),
+        Message::Ack(ack) => {
+            if flow.acks.len() >= MAX_KEPT_ACKS {
+                return Err(SendError::Protocol(format!(
+                    "ack of batch {} while {} acks wait unclaimed",
+                    ack.batch,
+                    flow.acks.len()
+                )));
+            }
+            flow.acks.insert(ack.batch, ack);
+        }
+        other => return Ok(Some(other)),
+    }
+    Ok(None)
 }
 
 /// Streams `file` from `offset`, hashing all of it; returns the size read
@@ -247,14 +319,10 @@ async fn wait_for_credit(
     window: u64,
 ) -> Result<(), SendError> {
     while flow.sent + more > flow.consumed + window {
-        match link.recv().await? {
-            Message::Credit(credit) => flow.consumed = flow.consumed.max(credit.consumed),
-            Message::Error(error) => return Err(SendError::Collector(error)),
-            other => {
-                return Err(SendError::Protocol(format!(
-                    "unexpected {other:?} while streaming"
-                )));
-            }
+        if let Some(other) = next(link, flow).await? {
+            return Err(SendError::Protocol(format!(
+                "unexpected {other:?} while streaming"
+            )));
         }
     }
     Ok(())

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns may unwrap
 
-use ferry_agent::sender::{Flow, OutgoingFile, send_batch};
+use ferry_agent::sender::{Flow, OutgoingFile, finish_batch, send_batch, start_batch};
 use ferry_common::protocol::*;
 use ferry_tests::collector::TestCollector;
 use ferry_tests::pki::TestPki;
@@ -96,6 +96,62 @@ async fn files_are_stored_verified_and_catalogued_once_in_both_catalogs() {
     );
     assert_eq!(big_row.size, big.len() as u64);
     assert_eq!(big_row.sha256, sha256(&big));
+    collector.stop().await;
+}
+
+/// The agent streams a batch before the previous one is acked: each ack
+/// finds its own batch, whichever arrives first, and every file is stored
+/// once under its own name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_batches_in_flight_are_acked_each_with_its_own_results() {
+    ferry_tests::init_logging();
+    let pki = TestPki::new().unwrap();
+    let mut collector = TestCollector::new(&pki, "").unwrap();
+    let endpoint = collector.start().await.unwrap();
+    let mut link = connect(&pki, "rfeye002073", &endpoint).await.unwrap();
+    let dir = pki.scratch("station");
+    let batch = |tag: &str, count: usize| -> Vec<OutgoingFile> {
+        (0..count)
+            .map(|i| {
+                let content = format!("{tag} {i} ").repeat(2000 + i);
+                outgoing(&dir, "data", &format!("{tag}/{i:03}.bin"), content.as_bytes()).unwrap()
+            })
+            .collect()
+    };
+    let (first, second) = (batch("first", 40), batch("second", 25));
+    let mut flow = Flow::default();
+    let one = start_batch(&mut link, &mut flow, 1, &first).await.unwrap();
+    let two = start_batch(&mut link, &mut flow, 2, &second).await.unwrap();
+    assert_eq!((one.batch(), two.batch()), (1, 2));
+    // The later batch first: the earlier ack, if it came meanwhile, waits.
+    let reports_two = finish_batch(&mut link, &mut flow, two).await.unwrap();
+    let reports_one = finish_batch(&mut link, &mut flow, one).await.unwrap();
+    for (files, reports) in [(&first, &reports_one), (&second, &reports_two)] {
+        assert_eq!(reports.len(), files.len());
+        for report in reports {
+            let f = &files[report.index];
+            let content = std::fs::read(&f.abs_path).unwrap();
+            assert_eq!(
+                report.outcome,
+                Outcome::Stored {
+                    sha256: sha256(&content),
+                    stored_as: format!("rfeye002073/data/{}", f.rel_path)
+                }
+            );
+            assert_eq!(report.sent, content.len() as u64);
+        }
+    }
+    // A third batch after both: the session is in step.
+    let third = batch("third", 3);
+    let reports = send_batch(&mut link, &mut flow, 3, &third).await.unwrap();
+    assert!(
+        reports
+            .iter()
+            .all(|r| matches!(r.outcome, Outcome::Stored { .. }))
+    );
+    let (primary, backup) = collector.settled_rows(68).await.unwrap();
+    assert_eq!(primary.len(), 68);
+    assert_eq!(primary, backup, "catalogs differ");
     collector.stop().await;
 }
 
