@@ -127,7 +127,7 @@ pub async fn start_batch(
         }
     };
     let mut sent = vec![0u64; files.len()];
-    let window = link.welcome.window;
+    let window = link.welcome.window.min(MAX_WINDOW);
     let chunk = (link.welcome.max_chunk as usize).clamp(4096, ferry_common::codec::MAX_CHUNK);
     for need in &reply.files {
         let Need::From { offset } = need.need else {
@@ -218,6 +218,12 @@ pub fn hash_unchanged(file: &OutgoingFile) -> Option<Sha256> {
     }
     (read == file.size && unchanged()).then(|| finish(hash))
 }
+
+/// Most bytes the agent sends ahead of the collector's credit, whatever
+/// window the collector grants: what is not yet credited sits mostly in the
+/// agent's own queues (its resident memory) and a larger lead does not move
+/// data faster.
+const MAX_WINDOW: u64 = 8 << 20;
 
 /// Acks kept at most: more batches than this in flight is a caller's bug,
 /// or a collector acking batches never sent.
