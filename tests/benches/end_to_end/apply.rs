@@ -85,7 +85,7 @@ pub fn run(bins: &Binaries, pki: &TestPki, options: &Options) -> Result<String> 
     })?;
     collector.stop()?;
     runtime.block_on(db.stop())?;
-    std::fs::remove_dir_all(&dir)?;
+    data::retire(&dir, &options.dir.join("runs"))?;
     ensure!(
         seconds > 0.0 && applied > 0,
         "the catch-up was too quick to time; use --apply-rows with more rows"

@@ -119,7 +119,7 @@ impl Sshd {
             receiver_cpu: self.receiver_cpu()? - receiver0,
             rss: None,
         };
-        std::fs::remove_dir_all(&dest)?;
+        crate::data::retire(&dest, work)?;
         Ok(measured)
     }
 
@@ -172,7 +172,7 @@ impl Sshd {
             receiver_cpu: stats::children_cpu("self")? - receiver0,
             rss: None,
         };
-        std::fs::remove_dir_all(&dest)?;
+        crate::data::retire(&dest, work)?;
         Ok(measured)
     }
 

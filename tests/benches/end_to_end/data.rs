@@ -116,3 +116,81 @@ impl Rng {
         }
     }
 }
+
+/// Sets a finished run's output aside instead of deleting it: every file in
+/// it is truncated to nothing (its space returns at once) and the emptied
+/// tree is moved under `<work>/retired`, which the benchmark never deletes
+/// (delete it by hand when you like; it holds only empty files).
+///
+/// Why not delete: on an ext4 file system without a journal (this project's
+/// VMs), inode allocation passes over inodes freed in the last minute (six
+/// minutes if their inode-table block is dirty), scanning from the start of
+/// the group on every allocation. A run that follows the deletion of 10,000
+/// files spends most of its file-creating CPU in that scan (a profile of D2
+/// showed it as most of the receiver's kernel time), and how much depends
+/// on which tool ran before. Truncating frees the blocks but no inode.
+pub fn retire(dir: &Path, work: &Path) -> Result<()> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    empty_files(dir)?;
+    let retired = work.join("retired");
+    std::fs::create_dir_all(&retired)?;
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    std::fs::rename(dir, retired.join(format!("{name}-{stamp}-{n}")))?;
+    Ok(())
+}
+
+/// Truncates every regular file under `dir` to length 0, except logs (kept
+/// to look into a slow run).
+fn empty_files(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            empty_files(&entry.path())?;
+        } else if kind.is_file() && entry.path().extension().is_none_or(|e| e != "log") {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(entry.path())?
+                .set_len(0)?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts the machine in the same state before every timed run: dirty pages
+/// written out, then (as root) the page, dentry and inode caches dropped
+/// and the data set read back in, so each tool starts with its source in
+/// memory and the same cold caches for everything else. Returns whether the
+/// caches could be dropped.
+pub fn settle(source: &Path) -> Result<bool> {
+    anyhow::ensure!(
+        std::process::Command::new("sync").status()?.success(),
+        "sync failed"
+    );
+    let dropped = std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok();
+    if dropped {
+        warm(source)?;
+    }
+    Ok(dropped)
+}
+
+/// Reads every file under `dir` once, to bring it into the page cache.
+fn warm(dir: &Path) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            warm(&path)?;
+        } else {
+            let mut file = std::fs::File::open(&path)?;
+            while std::io::Read::read(&mut file, &mut buf)? > 0 {}
+        }
+    }
+    Ok(())
+}

@@ -64,7 +64,7 @@ pub fn run(bins: &Binaries, pki: &TestPki, options: &Options) -> Result<String> 
         agent.stop()?;
     }
     collector.stop()?;
-    std::fs::remove_dir_all(&dir)?;
+    data::retire(&dir, &options.dir.join("runs"))?;
     let times: Vec<f64> = done.values().copied().collect();
     let slowest = times.iter().copied().fold(0.0, f64::max);
     let fastest = times.iter().copied().fold(f64::INFINITY, f64::min);

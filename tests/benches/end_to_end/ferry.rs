@@ -276,7 +276,7 @@ pub fn ship(bins: &Binaries, pki: &TestPki, root: &Path, work: &Path) -> Result<
     agent.stop()?;
     collector.stop()?;
     if std::env::var_os("FERRY_BENCH_KEEP").is_none() {
-        std::fs::remove_dir_all(&dir)?;
+        data::retire(&dir, work)?;
     }
     Ok(measured)
 }

@@ -95,7 +95,7 @@ pub fn run(bins: &Binaries, pki: &TestPki, options: &Options) -> Result<String> 
         latencies.len() == closed.len(),
         "some files never reached both catalogs"
     );
-    std::fs::remove_dir_all(&dir)?;
+    data::retire(&dir, &options.dir.join("runs"))?;
     Ok(format!(
         "Latency, close on the station to presence in both catalogs, {count} files of {} KiB at {PER_SECOND}/s: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         SIZE >> 10,

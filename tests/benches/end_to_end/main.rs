@@ -33,7 +33,8 @@ end_to_end benchmark (run it with `cargo xtask bench [OPTIONS]`)
 options:
   --rounds N          interleaved rounds per data set (default 5)
   --sets LIST         data sets to ship, of d1,d2,d3 (default all)
-  --skip LIST         parts to leave out, of transfer,latency,fan-in,apply
+  --skip LIST         parts to leave out, of transfer,latency,fan-in,apply,
+                      and the baselines rsync,sftp (Ferry alone, for profiling)
   --latency-secs N    how long files are written at 50/s (default 60)
   --stations N        stations in the fan-in (default 200)
   --apply-rows N      catalog rows for the MariaDB apply rate (default 40000)
@@ -94,6 +95,12 @@ fn options() -> Result<Options> {
     Ok(options)
 }
 
+impl Options {
+    fn skips(&self, part: &str) -> bool {
+        self.skip.iter().any(|s| s == part)
+    }
+}
+
 /// `target/`, where the release binaries are.
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(
@@ -113,7 +120,7 @@ fn main() -> Result<()> {
     let mut report = String::new();
     writeln!(report, "{}", stats::machine())?;
 
-    if !options.skip.iter().any(|s| s == "transfer") {
+    if !options.skips("transfer") {
         let ssh = baseline::Sshd::start(&options.dir.join("sshd"))?;
         writeln!(
             report,
@@ -124,17 +131,24 @@ fn main() -> Result<()> {
             let mut ferry_runs = Vec::new();
             let mut rsync_runs = Vec::new();
             let mut sftp_runs = Vec::new();
+            let work = options.dir.join("runs");
             for round in 0..options.rounds {
-                let work = options.dir.join("runs");
+                settle(&dir);
                 let f = ferry::ship(&bins, &pki, &dir, &work)?;
                 eprintln!("{set} round {round}: ferry {:.2} s", f.seconds);
-                let r = ssh.rsync(&dir, &work)?;
-                eprintln!("{set} round {round}: rsync {:.2} s", r.seconds);
-                let s = ssh.sftp(&dir, &work)?;
-                eprintln!("{set} round {round}: sftp {:.2} s", s.seconds);
                 ferry_runs.push(f);
-                rsync_runs.push(r);
-                sftp_runs.push(s);
+                if !options.skips("rsync") {
+                    settle(&dir);
+                    let r = ssh.rsync(&dir, &work)?;
+                    eprintln!("{set} round {round}: rsync {:.2} s", r.seconds);
+                    rsync_runs.push(r);
+                }
+                if !options.skips("sftp") {
+                    settle(&dir);
+                    let s = ssh.sftp(&dir, &work)?;
+                    eprintln!("{set} round {round}: sftp {:.2} s", s.seconds);
+                    sftp_runs.push(s);
+                }
             }
             let vs = |base: &[Measured]| {
                 let ratios: Vec<f64> = ferry_runs
@@ -158,20 +172,23 @@ fn main() -> Result<()> {
                     format!("{vs_sftp:.2}×"),
                 ),
             ] {
+                if runs.is_empty() {
+                    continue;
+                }
                 writeln!(report, "{}", stats::row(set, tool, runs, &ratio))?;
             }
             report_file(&options, &report)?;
         }
     }
-    if !options.skip.iter().any(|s| s == "latency") {
+    if !options.skips("latency") {
         let figures = latency::run(&bins, &pki, &options)?;
         writeln!(report, "\n{figures}")?;
     }
-    if !options.skip.iter().any(|s| s == "fan-in") {
+    if !options.skips("fan-in") {
         let figures = fan_in::run(&bins, &pki, &options)?;
         writeln!(report, "\n{figures}")?;
     }
-    if !options.skip.iter().any(|s| s == "apply") {
+    if !options.skips("apply") {
         let figures = apply::run(&bins, &pki, &options)?;
         writeln!(report, "\n{figures}")?;
     }
@@ -183,4 +200,20 @@ fn main() -> Result<()> {
 fn report_file(options: &Options, report: &str) -> Result<()> {
     let path = options.dir.join("report.md");
     std::fs::write(&path, report).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// [`data::settle`] before a timed run; says once when the caches cannot be
+/// dropped (not root), because the figures then carry the previous run's
+/// deletions.
+fn settle(source: &std::path::Path) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    match data::settle(source) {
+        Ok(true) => {}
+        Ok(false) => WARNED.call_once(|| {
+            eprintln!(
+                "note: cannot drop the page cache (not root?); each run follows the previous run's deletions"
+            )
+        }),
+        Err(error) => eprintln!("note: settling before a run failed: {error:#}"),
+    }
 }
