@@ -508,3 +508,51 @@ async fn a_station_fails_over_to_the_next_collector_endpoint() {
     assert_eq!(link.addr, receiver.endpoint());
     still_answers(&mut link, "s1").await;
 }
+
+/// The tunnel's last bytes before a quiet spell reach the collector even
+/// when TLS could not send them at once: here the TLS connection runs over a
+/// 1 KiB pipe that the collector's side reads only after the agent has
+/// written everything and gone quiet (its socket stays open). rustls keeps
+/// what the pipe could not take; only a flush sends it. Without one, a
+/// commit or credit waited for the next heartbeat (stalls of 5-20 s in the
+/// benchmark).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_tunnel_leaves_nothing_in_the_tls_buffer() {
+    let pki = TestPki::new().unwrap();
+    let files = pki.station("rfeye002073").unwrap();
+    let (client_io, server_io) = tokio::io::duplex(1024);
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config().unwrap());
+    let accept = tokio::spawn(acceptor.accept(server_io));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let client = tokio_rustls::TlsConnector::from(pki.client_config(&files).unwrap())
+        .connect(name, client_io)
+        .await
+        .unwrap();
+    let mut collector_side = accept.await.unwrap().unwrap();
+    let tunnel = bridge::open_tunnel(client, &pki.scratch("run"), Duration::from_secs(5)).unwrap();
+    let path = tunnel.endpoint.strip_prefix("ipc://").unwrap().to_owned();
+    let mut local = tokio::net::UnixStream::connect(path).await.unwrap();
+
+    let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        local.write_all(&sent).await.unwrap();
+        local // kept open: the agent side goes quiet, it does not close
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut got = vec![0u8; data.len()];
+    let read =
+        tokio::time::timeout(Duration::from_secs(5), collector_side.read_exact(&mut got)).await;
+    assert!(
+        read.is_ok(),
+        "the collector got only part of the data: the rest stayed in the TLS buffer"
+    );
+    read.unwrap().unwrap();
+    assert!(got == data, "the collector got different bytes");
+    let local = writer.await.unwrap();
+    assert!(
+        tunnel.closed.borrow().is_none(),
+        "the tunnel ended while both sides are open"
+    );
+    drop(local);
+}

@@ -4,11 +4,26 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns may unwrap
 
+use std::path::PathBuf;
+
 use ferry_agent::sender::{Flow, OutgoingFile, finish_batch, send_batch, start_batch};
+use ferry_common::link::ClientLink;
 use ferry_common::protocol::*;
 use ferry_tests::collector::TestCollector;
 use ferry_tests::pki::TestPki;
 use ferry_tests::station::{connect, outgoing, send_partial, sha256};
+
+/// A fresh PKI (keep it alive: it holds the temporary files), a running
+/// collector with SQLite catalogs, `station`'s session to it, and a
+/// scratch directory for the station's files.
+async fn started(station: &str) -> (TestPki, TestCollector, ClientLink, PathBuf) {
+    let pki = TestPki::new().unwrap();
+    let mut collector = TestCollector::new(&pki, "").unwrap();
+    let endpoint = collector.start().await.unwrap();
+    let link = connect(&pki, station, &endpoint).await.unwrap();
+    let dir = pki.scratch("station");
+    (pki, collector, link, dir)
+}
 
 fn stored_as(outcome: &Outcome) -> &str {
     match outcome {
@@ -20,11 +35,7 @@ fn stored_as(outcome: &Outcome) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_are_stored_verified_and_catalogued_once_in_both_catalogs() {
     ferry_tests::init_logging();
-    let pki = TestPki::new().unwrap();
-    let mut collector = TestCollector::new(&pki, "").unwrap();
-    let endpoint = collector.start().await.unwrap();
-    let mut link = connect(&pki, "rfeye002073", &endpoint).await.unwrap();
-    let dir = pki.scratch("station");
+    let (_pki, mut collector, mut link, dir) = started("rfeye002073").await;
     let big: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
     let files = vec![
         outgoing(
@@ -105,16 +116,18 @@ async fn files_are_stored_verified_and_catalogued_once_in_both_catalogs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_batches_in_flight_are_acked_each_with_its_own_results() {
     ferry_tests::init_logging();
-    let pki = TestPki::new().unwrap();
-    let mut collector = TestCollector::new(&pki, "").unwrap();
-    let endpoint = collector.start().await.unwrap();
-    let mut link = connect(&pki, "rfeye002073", &endpoint).await.unwrap();
-    let dir = pki.scratch("station");
+    let (_pki, mut collector, mut link, dir) = started("rfeye002073").await;
     let batch = |tag: &str, count: usize| -> Vec<OutgoingFile> {
         (0..count)
             .map(|i| {
                 let content = format!("{tag} {i} ").repeat(2000 + i);
-                outgoing(&dir, "data", &format!("{tag}/{i:03}.bin"), content.as_bytes()).unwrap()
+                outgoing(
+                    &dir,
+                    "data",
+                    &format!("{tag}/{i:03}.bin"),
+                    content.as_bytes(),
+                )
+                .unwrap()
             })
             .collect()
     };
@@ -158,11 +171,7 @@ async fn two_batches_in_flight_are_acked_each_with_its_own_results() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_content_for_a_stored_path_is_stored_beside_it() {
     ferry_tests::init_logging();
-    let pki = TestPki::new().unwrap();
-    let mut collector = TestCollector::new(&pki, "").unwrap();
-    let endpoint = collector.start().await.unwrap();
-    let mut link = connect(&pki, "s1", &endpoint).await.unwrap();
-    let dir = pki.scratch("station");
+    let (_pki, mut collector, mut link, dir) = started("s1").await;
     let mut flow = Flow::default();
     let first = send_batch(
         &mut link,
@@ -205,11 +214,7 @@ async fn new_content_for_a_stored_path_is_stored_beside_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_paths_are_refused_per_file_and_the_batch_goes_on() {
     ferry_tests::init_logging();
-    let pki = TestPki::new().unwrap();
-    let mut collector = TestCollector::new(&pki, "").unwrap();
-    let endpoint = collector.start().await.unwrap();
-    let mut link = connect(&pki, "a", &endpoint).await.unwrap();
-    let dir = pki.scratch("station");
+    let (_pki, mut collector, mut link, dir) = started("a").await;
     let good = outgoing(&dir, "data", "ok.bin", b"fine").unwrap();
     let mut files = vec![good.clone()];
     for (root, path) in [
