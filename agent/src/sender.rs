@@ -225,6 +225,9 @@ pub fn hash_unchanged(file: &OutgoingFile) -> Option<Sha256> {
 /// data faster.
 const MAX_WINDOW: u64 = 8 << 20;
 
+/// Read buffer for re-hashing a prefix the collector already holds.
+const PREFIX_BUFFER: usize = 256 * 1024;
+
 /// Acks kept at most: more batches than this in flight is a caller's bug,
 /// or a collector acking batches never sent.
 const MAX_KEPT_ACKS: usize = 8;
@@ -276,7 +279,6 @@ async fn stream_file(
     sent: &mut u64,
 ) -> Result<(u64, Sha256), SendError> {
     let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; chunk];
     let mut position = 0u64;
     let mut reader = match File::open(&file.abs_path) {
         Ok(reader) => reader,
@@ -285,29 +287,37 @@ async fn stream_file(
         Err(_) => return Ok((0, finish(hash))),
     };
     // Hash the prefix the collector already holds, without sending it.
-    while position < offset {
-        let want = (offset - position).min(buf.len() as u64) as usize;
-        let n = tokio::task::block_in_place(|| reader.read(&mut buf[..want])).unwrap_or(0);
-        if n == 0 {
-            return Ok((position, finish(hash)));
+    if offset > 0 {
+        let mut buf = vec![0u8; chunk.min(PREFIX_BUFFER)];
+        while position < offset {
+            let want = (offset - position).min(buf.len() as u64) as usize;
+            let n = tokio::task::block_in_place(|| reader.read(&mut buf[..want])).unwrap_or(0);
+            if n == 0 {
+                return Ok((position, finish(hash)));
+            }
+            hash.update(&buf[..n]);
+            position += n as u64;
         }
-        hash.update(&buf[..n]);
-        position += n as u64;
+        let _ = reader.seek(SeekFrom::Start(offset));
     }
-    let _ = reader.seek(SeekFrom::Start(offset));
     while position < file.size {
-        let want = (file.size - position).min(buf.len() as u64) as usize;
-        let n = tokio::task::block_in_place(|| reader.read(&mut buf[..want])).unwrap_or(0);
+        let want = (file.size - position).min(chunk as u64);
+        // Each chunk is read into its own buffer, which becomes the frame's
+        // payload: no zeroing of a buffer sized for the largest chunk, no
+        // copy out of it.
+        let mut data = Vec::with_capacity(want as usize);
+        let read = tokio::task::block_in_place(|| (&mut reader).take(want).read_to_end(&mut data));
+        let n = read.unwrap_or(0);
         if n == 0 {
             break;
         }
-        hash.update(&buf[..n]);
+        hash.update(&data);
         wait_for_credit(link, flow, n as u64, window).await?;
         link.send(Message::Chunk(Chunk {
             batch,
             file: id,
             offset: position,
-            data: buf[..n].to_vec(),
+            data,
         }))
         .await?;
         flow.sent += n as u64;
