@@ -519,6 +519,9 @@ fn retry_after(attempts: u32, retryable: bool) -> Duration {
     Duration::from_secs(secs.min(3600))
 }
 
+/// Least time between two rewrites of `DUE_BACKUP` while files are sent.
+const DUE_LIST_EVERY: Duration = Duration::from_secs(1);
+
 async fn send_due(
     settings: Arc<Settings>,
     ledger: Shared,
@@ -543,6 +546,10 @@ async fn send_due(
     let mut batch_no = 0u64;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     let mut dirty = true;
+    // As if written long ago: the first list goes out at once.
+    let mut due_written = std::time::Instant::now()
+        .checked_sub(DUE_LIST_EVERY)
+        .unwrap_or_else(std::time::Instant::now);
     let mut busy_logged = false;
     let mut next_connect = tokio::time::Instant::now();
     loop {
@@ -622,8 +629,13 @@ async fn send_due(
         if let Some(h) = &held {
             let _ = h.refresh(now);
         }
-        if dirty {
+        // While batches flow, DUE_BACKUP follows at most once a second
+        // (rewriting a list of thousands of lines after every batch cost a
+        // tenth of the agent's CPU); once nothing is due it is exact before
+        // HALT_FLAG is lowered.
+        if dirty && (due.is_empty() || due_written.elapsed() >= DUE_LIST_EVERY) {
             write_due_list(&settings, &ledger, &roots, &metrics);
+            due_written = std::time::Instant::now();
             dirty = false;
         }
         if due.is_empty() {
