@@ -16,6 +16,17 @@ use crate::stats::median;
 const FILES: usize = 20;
 const SIZE: usize = 100 << 10;
 
+/// One fan-in round's figures.
+struct Round {
+    files_per_s: f64,
+    fastest: f64,
+    median: f64,
+    slowest: f64,
+}
+
+/// Runs the fan-in `options.rounds` times (which agent gets ahead varies a
+/// lot from one round to the next) and reports the medians, with the range
+/// of the fairness ratio.
 pub fn run(bins: &Binaries, pki: &TestPki, options: &Options) -> Result<String> {
     let stations = options.stations;
     let files: Vec<(String, usize)> = (0..FILES)
@@ -24,6 +35,41 @@ pub fn run(bins: &Binaries, pki: &TestPki, options: &Options) -> Result<String> 
     // Every station watches a copy-free view of the same files: each
     // station's rows and repository area are its own all the same.
     let root = data::make(&options.dir.join("data"), "fan-in", &files, 0xfa41)?;
+    let mut rounds = Vec::new();
+    for round in 0..options.rounds {
+        let r = one_round(bins, pki, options, &root)?;
+        eprintln!(
+            "fan-in round {round}: {:.0} files/s, slowest/fastest {:.2}",
+            r.files_per_s,
+            r.fastest / r.slowest
+        );
+        rounds.push(r);
+    }
+    let m = |f: fn(&Round) -> f64| median(&rounds.iter().map(f).collect::<Vec<_>>());
+    let ratios: Vec<f64> = rounds.iter().map(|r| r.fastest / r.slowest).collect();
+    let (low, high) = ratios.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), r| {
+        (lo.min(*r), hi.max(*r))
+    });
+    Ok(format!(
+        "Fan-in, {stations} stations × {FILES} files of {} KiB at once, {} rounds (medians): {:.0} files/s ({:.0} MB/s); per station time to deliver: fastest {:.2} s, median {:.2} s, slowest {:.2} s; slowest/fastest rate {:.2} (rounds {low:.2}–{high:.2})",
+        SIZE >> 10,
+        rounds.len(),
+        m(|r| r.files_per_s),
+        m(|r| r.files_per_s) * SIZE as f64 / 1e6,
+        m(|r| r.fastest),
+        m(|r| r.median),
+        m(|r| r.slowest),
+        median(&ratios),
+    ))
+}
+
+fn one_round(
+    bins: &Binaries,
+    pki: &TestPki,
+    options: &Options,
+    root: &std::path::Path,
+) -> Result<Round> {
+    let stations = options.stations;
     let dir = options.dir.join("runs/fan-in");
     data::clear(&dir)?;
     let names: Vec<String> = (0..stations).map(|i| format!("station-{i:03}")).collect();
@@ -36,7 +82,7 @@ pub fn run(bins: &Binaries, pki: &TestPki, options: &Options) -> Result<String> 
     let first = Instant::now();
     for name in &names {
         let started = Instant::now();
-        let agent = Agent::start(bins, pki, name, collector.addr, &root, &dir.join(name))?;
+        let agent = Agent::start(bins, pki, name, collector.addr, root, &dir.join(name))?;
         agents.push((name.clone(), started, agent));
     }
     let mut done: HashMap<String, f64> = HashMap::new();
@@ -66,15 +112,10 @@ pub fn run(bins: &Binaries, pki: &TestPki, options: &Options) -> Result<String> 
     collector.stop()?;
     data::retire(&dir, &options.dir.join("runs"))?;
     let times: Vec<f64> = done.values().copied().collect();
-    let slowest = times.iter().copied().fold(0.0, f64::max);
-    let fastest = times.iter().copied().fold(f64::INFINITY, f64::min);
-    let all = (stations * FILES) as f64;
-    Ok(format!(
-        "Fan-in, {stations} stations × {FILES} files of {} KiB at once: {all:.0} files in {total:.1} s = {:.0} files/s ({:.0} MB/s); per station time to deliver: fastest {fastest:.2} s, median {:.2} s, slowest {slowest:.2} s; slowest/fastest rate {:.2}",
-        SIZE >> 10,
-        all / total,
-        all * SIZE as f64 / 1e6 / total,
-        median(&times),
-        fastest / slowest,
-    ))
+    Ok(Round {
+        files_per_s: (stations * FILES) as f64 / total,
+        fastest: times.iter().copied().fold(f64::INFINITY, f64::min),
+        median: median(&times),
+        slowest: times.iter().copied().fold(0.0, f64::max),
+    })
 }
