@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use ferry_agent::sender::{Flow, OutgoingFile, finish_batch, send_batch, start_batch};
+use ferry_agent::sender::{FileReport, Flow, OutgoingFile, finish_batch, send_batch, start_batch};
 use ferry_common::link::ClientLink;
 use ferry_common::protocol::*;
 use ferry_tests::collector::TestCollector;
@@ -23,6 +23,31 @@ async fn started(station: &str) -> (TestPki, TestCollector, ClientLink, PathBuf)
     let link = connect(&pki, station, &endpoint).await.unwrap();
     let dir = pki.scratch("station");
     (pki, collector, link, dir)
+}
+
+/// Every file of `files` is reported stored under `<station>/<root>/<path>`
+/// with the SHA-256 of its content, and the repository holds that content.
+fn assert_all_stored(
+    collector: &TestCollector,
+    station: &str,
+    files: &[OutgoingFile],
+    reports: &[FileReport],
+) {
+    assert_eq!(reports.len(), files.len());
+    for report in reports {
+        let f = &files[report.index];
+        let content = std::fs::read(&f.abs_path).unwrap();
+        assert_eq!(
+            report.outcome,
+            Outcome::Stored {
+                sha256: sha256(&content),
+                stored_as: format!("{station}/{}/{}", f.root, f.rel_path)
+            }
+        );
+        let stored =
+            std::fs::read(collector.repository().join(stored_as(&report.outcome))).unwrap();
+        assert_eq!(stored, content, "{}", f.rel_path);
+    }
 }
 
 fn stored_as(outcome: &Outcome) -> &str {
@@ -56,21 +81,7 @@ async fn files_are_stored_verified_and_catalogued_once_in_both_catalogs() {
     ];
     let mut flow = Flow::default();
     let reports = send_batch(&mut link, &mut flow, 1, &files).await.unwrap();
-    assert_eq!(reports.len(), 3);
-    for report in &reports {
-        let f = &files[report.index];
-        let content = std::fs::read(&f.abs_path).unwrap();
-        assert_eq!(
-            report.outcome,
-            Outcome::Stored {
-                sha256: sha256(&content),
-                stored_as: format!("rfeye002073/{}/{}", f.root, f.rel_path)
-            }
-        );
-        let stored =
-            std::fs::read(collector.repository().join(stored_as(&report.outcome))).unwrap();
-        assert_eq!(stored, content, "{}", f.rel_path);
-    }
+    assert_all_stored(&collector, "rfeye002073", &files, &reports);
 
     // The same batch again (a retry after a lost ack): nothing sent twice,
     // nothing catalogued twice.
@@ -140,19 +151,8 @@ async fn two_batches_in_flight_are_acked_each_with_its_own_results() {
     let reports_two = finish_batch(&mut link, &mut flow, two).await.unwrap();
     let reports_one = finish_batch(&mut link, &mut flow, one).await.unwrap();
     for (files, reports) in [(&first, &reports_one), (&second, &reports_two)] {
-        assert_eq!(reports.len(), files.len());
-        for report in reports {
-            let f = &files[report.index];
-            let content = std::fs::read(&f.abs_path).unwrap();
-            assert_eq!(
-                report.outcome,
-                Outcome::Stored {
-                    sha256: sha256(&content),
-                    stored_as: format!("rfeye002073/data/{}", f.rel_path)
-                }
-            );
-            assert_eq!(report.sent, content.len() as u64);
-        }
+        assert_all_stored(&collector, "rfeye002073", files, reports);
+        assert!(reports.iter().all(|r| r.sent == files[r.index].size));
     }
     // A third batch after both: the session is in step.
     let third = batch("third", 3);
