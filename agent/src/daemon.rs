@@ -135,21 +135,11 @@ pub async fn run(
         let addr = listener.local_addr().ok();
         info!(parent: &span, metrics = ?addr, "serving metrics");
         let source = source.clone();
-        tasks.push(tokio::spawn(ferry_common::http::serve(
+        tasks.push(tokio::spawn(ferry_common::http::serve_metrics(
             listener,
-            move |path| {
+            move || {
                 let source = source.clone();
-                async move {
-                    if path == "/metrics" {
-                        ferry_common::http::Response {
-                            status: 200,
-                            content_type: ferry_common::metrics::CONTENT_TYPE,
-                            body: source.render().await,
-                        }
-                    } else {
-                        ferry_common::http::Response::not_found()
-                    }
-                }
+                async move { source.render().await }
             },
             shutdown.clone(),
         )));

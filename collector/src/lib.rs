@@ -203,17 +203,11 @@ pub async fn start(settings: Settings) -> Result<Collector, StartError> {
         Some(listener) => {
             let addr = listener.local_addr().ok();
             let monitor = monitor.clone();
-            tasks.push(tokio::spawn(ferry_common::http::serve(
+            tasks.push(tokio::spawn(ferry_common::http::serve_metrics(
                 listener,
-                move |path| {
+                move || {
                     let monitor = monitor.clone();
-                    async move {
-                        if path == "/metrics" {
-                            monitor.answer(path).await
-                        } else {
-                            ferry_common::http::Response::not_found()
-                        }
-                    }
+                    async move { monitor.metrics_text().await }
                 },
                 shutdown.clone(),
             )));

@@ -52,11 +52,7 @@ impl Monitor {
     pub async fn answer(self: Arc<Self>, path: String) -> Response {
         let route = path.trim_end_matches('/');
         match route {
-            "/metrics" => Response {
-                status: 200,
-                content_type: ferry_common::metrics::CONTENT_TYPE,
-                body: self.metrics_text().await,
-            },
+            "/metrics" => Response::metrics(self.metrics_text().await),
             "/status" => blocking(move || self.status(None)).await,
             "/healthz" => blocking(move || self.health()).await,
             _ => match route.strip_prefix("/status/") {

@@ -79,6 +79,34 @@ impl Response {
     pub fn not_found() -> Self {
         Self::json(404, "{\"error\":\"not found\"}\n".into())
     }
+
+    /// `200` with Prometheus text exposition.
+    pub fn metrics(body: String) -> Self {
+        Self {
+            status: 200,
+            content_type: crate::metrics::CONTENT_TYPE,
+            body,
+        }
+    }
+}
+
+/// Serves `/metrics` alone (anything else is `404`) from `listener` until
+/// `shutdown` turns true; `render` makes each scrape's Prometheus text.
+pub async fn serve_metrics<R, F>(listener: TcpListener, render: R, shutdown: watch::Receiver<bool>)
+where
+    R: Fn() -> F + Send + Sync + 'static,
+    F: Future<Output = String> + Send + 'static,
+{
+    let handler = move |path: String| {
+        let body = (path == "/metrics").then(&render);
+        async move {
+            match body {
+                Some(body) => Response::metrics(body.await),
+                None => Response::not_found(),
+            }
+        }
+    };
+    serve(listener, handler, shutdown).await;
 }
 
 /// Serves connections from `listener` until `shutdown` turns true; each
