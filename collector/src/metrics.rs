@@ -243,10 +243,7 @@ mod tests {
         let text = render(&m, &readings);
         let samples = ferry_common::metrics::parse(&text).unwrap();
         let value = |series: &str| {
-            samples
-                .iter()
-                .find(|(s, _)| s == series)
-                .map(|(_, v)| *v)
+            ferry_common::metrics::value(&samples, series)
                 .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
         };
         assert_eq!(value("ferry_collector_files_stored_total"), 3.0);

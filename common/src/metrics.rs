@@ -293,6 +293,12 @@ impl RawMetrics {
     }
 }
 
+/// The value of `series` (`name` or `name{labels}` exactly as exposed) in
+/// samples from [`parse`].
+pub fn value(samples: &[(String, f64)], series: &str) -> Option<f64> {
+    samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
+}
+
 /// Checks that `text` is well-formed exposition text: every line a
 /// `# HELP`/`# TYPE` comment or `name{labels} value`; returns the samples
 /// as (`name{labels}`, value). For tests of both daemons.

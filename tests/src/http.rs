@@ -8,6 +8,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The value of one series in scraped samples.
+pub use ferry_common::metrics::value;
+
 /// An answer.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -87,9 +90,4 @@ pub async fn metrics(addr: SocketAddr) -> anyhow::Result<Vec<(String, f64)>> {
         "content type of {reply:?}"
     );
     ferry_common::metrics::parse(&reply.body).map_err(|e| anyhow::anyhow!("{e}\n{}", reply.body))
-}
-
-/// The value of `series` (`name` or `name{labels}` exactly as exposed).
-pub fn value(samples: &[(String, f64)], series: &str) -> Option<f64> {
-    samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
 }
