@@ -12,7 +12,7 @@ use mysql_async::prelude::Queryable;
 
 use crate::Options;
 use crate::data;
-use crate::ferry::{Agent, Binaries, Collector, STATION};
+use crate::ferry::{Agent, Binaries, Collector};
 
 pub fn run(bins: &Binaries, pki: &TestPki, options: &Options) -> Result<String> {
     let rows = options.apply_rows;
@@ -33,14 +33,7 @@ pub fn run(bins: &Binaries, pki: &TestPki, options: &Options) -> Result<String> 
     let mut db = runtime.block_on(MariaDb::start())?;
     runtime.block_on(db.stop())?;
     let mut collector = Collector::start(bins, pki, &dir, Some(&db.url()))?;
-    let mut agent = Agent::start(
-        bins,
-        pki,
-        STATION,
-        collector.addr,
-        &root,
-        &dir.join("agent"),
-    )?;
+    let mut agent = Agent::start_station(bins, pki, &collector, &root, &dir)?;
     eprintln!("apply: shipping {rows} files while the MariaDB primary is down");
     let deadline = Instant::now() + Duration::from_secs(1200);
     while collector.catalogs.counts()[1].unwrap_or(0) < rows as u64 {

@@ -97,37 +97,21 @@ impl Sshd {
     /// `rsync -a` of `src` to a fresh directory in `work`, then `sync`.
     /// The sender is rsync + ssh here; the receiver is sshd's child.
     pub fn rsync(&self, src: &Path, work: &Path) -> Result<Measured> {
-        let (files, bytes) = count(src)?;
         let dest = fresh(&work.join("rsync"))?;
         let ssh = format!("ssh -p {} {}", self.port, self.ssh_options().join(" "));
-        let (sender0, receiver0) = (stats::children_cpu("self")?, self.receiver_cpu()?);
-        let started = Instant::now();
-        let status = Command::new("rsync")
+        let mut rsync = Command::new("rsync");
+        rsync
             .arg("-a")
             .args(["-e", &ssh])
             .arg(format!("{}/", src.display()))
-            .arg(format!("{}@127.0.0.1:{}/", self.user, dest.display()))
-            .status()?;
-        ensure!(status.success(), "rsync failed");
-        sync()?;
-        let seconds = started.elapsed().as_secs_f64();
-        let measured = Measured {
-            seconds,
-            files,
-            bytes,
-            sender_cpu: stats::children_cpu("self")? - sender0,
-            receiver_cpu: self.receiver_cpu()? - receiver0,
-            rss: None,
-        };
-        crate::data::retire(&dest, work)?;
-        Ok(measured)
+            .arg(format!("{}@127.0.0.1:{}/", self.user, dest.display()));
+        self.timed(rsync, Sender::Client, src, &dest, work)
     }
 
     /// The legacy pattern: the central side pulls each file with its own
     /// `get` in one sftp session, then `sync`. The sender is sshd's child
     /// here; the receiver is the sftp client.
     pub fn sftp(&self, src: &Path, work: &Path) -> Result<Measured> {
-        let (files, bytes) = count(src)?;
         let dest = fresh(&work.join("sftp"))?;
         let mut batch = String::new();
         let mut stack = vec![src.to_owned()];
@@ -151,38 +135,68 @@ impl Sshd {
         }
         let batch_file = work.join("sftp-batch");
         std::fs::write(&batch_file, batch)?;
-        let (receiver0, sender0) = (stats::children_cpu("self")?, self.receiver_cpu()?);
-        let started = Instant::now();
-        let status = Command::new("sftp")
-            .args(["-q", "-b"])
+        let mut sftp = Command::new("sftp");
+        sftp.args(["-q", "-b"])
             .arg(&batch_file)
             .args(["-P", &self.port.to_string()])
             .args(self.ssh_options())
             .arg(format!("{}@127.0.0.1", self.user))
-            .stdout(Stdio::null())
-            .status()?;
-        ensure!(status.success(), "sftp failed");
+            .stdout(Stdio::null());
+        self.timed(sftp, Sender::Server, src, &dest, work)
+    }
+
+    /// Runs `client` to completion, then `sync`, and measures it: seconds,
+    /// and the CPU of the client (this process's children) and of sshd's
+    /// session processes, one of which sends. The output in `dest` is then
+    /// retired.
+    fn timed(
+        &self,
+        mut client: Command,
+        sender: Sender,
+        src: &Path,
+        dest: &Path,
+        work: &Path,
+    ) -> Result<Measured> {
+        let (files, bytes) = count(src)?;
+        let (client0, server0) = (stats::children_cpu("self")?, self.sshd_cpu()?);
+        let started = Instant::now();
+        let status = client.status()?;
+        ensure!(status.success(), "{:?} failed", client.get_program());
         sync()?;
         let seconds = started.elapsed().as_secs_f64();
-        let measured = Measured {
+        let client_cpu = stats::children_cpu("self")? - client0;
+        let server_cpu = self.sshd_cpu()? - server0;
+        let (sender_cpu, receiver_cpu) = match sender {
+            Sender::Client => (client_cpu, server_cpu),
+            Sender::Server => (server_cpu, client_cpu),
+        };
+        crate::data::retire(dest, work)?;
+        Ok(Measured {
             seconds,
             files,
             bytes,
-            sender_cpu: self.receiver_cpu()? - sender0,
-            receiver_cpu: stats::children_cpu("self")? - receiver0,
+            sender_cpu,
+            receiver_cpu,
             rss: None,
-        };
-        crate::data::retire(&dest, work)?;
-        Ok(measured)
+        })
     }
 
     /// CPU seconds of sshd's reaped session processes.
-    fn receiver_cpu(&self) -> Result<f64> {
+    fn sshd_cpu(&self) -> Result<f64> {
         // A session's processes are reaped by sshd a moment after the
         // client exits; give it that moment.
         std::thread::sleep(Duration::from_millis(100));
         stats::children_cpu(&self.process.child.id().to_string())
     }
+}
+
+/// Which side of an ssh transfer sends the data.
+#[derive(Debug, Clone, Copy)]
+enum Sender {
+    /// The client pushes (rsync).
+    Client,
+    /// sshd's session serves the client's `get`s (sftp).
+    Server,
 }
 
 fn fresh(dir: &Path) -> Result<PathBuf> {

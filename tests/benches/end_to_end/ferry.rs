@@ -102,20 +102,11 @@ impl Collector {
     }
 
     pub fn check_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.process.child.try_wait()? {
-            bail!("the collector exited with {status}\n{}", tail(&self.log));
-        }
-        Ok(())
+        check_alive("collector", &mut self.process, &self.log)
     }
 
-    pub fn stop(mut self) -> Result<()> {
-        let status = self.process.terminate(Duration::from_secs(30))?;
-        ensure!(
-            status.success(),
-            "the collector exited with {status}\n{}",
-            tail(&self.log)
-        );
-        Ok(())
+    pub fn stop(self) -> Result<()> {
+        stop("collector", self.process, &self.log)
     }
 }
 
@@ -127,6 +118,18 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Starts the one station of a single-station run ([`STATION`]),
+    /// watching `root`, with its state in `dir/agent`.
+    pub fn start_station(
+        bins: &Binaries,
+        pki: &TestPki,
+        collector: &Collector,
+        root: &Path,
+        dir: &Path,
+    ) -> Result<Self> {
+        Self::start(bins, pki, STATION, collector.addr, root, &dir.join("agent"))
+    }
+
     /// Starts an agent for `station` watching `root` (root name `data`),
     /// keeping its state in `dir`.
     pub fn start(
@@ -163,20 +166,11 @@ impl Agent {
     }
 
     pub fn check_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.process.child.try_wait()? {
-            bail!("the agent exited with {status}\n{}", tail(&self.log));
-        }
-        Ok(())
+        check_alive("agent", &mut self.process, &self.log)
     }
 
-    pub fn stop(mut self) -> Result<()> {
-        let status = self.process.terminate(Duration::from_secs(30))?;
-        ensure!(
-            status.success(),
-            "the agent exited with {status}\n{}",
-            tail(&self.log)
-        );
-        Ok(())
+    pub fn stop(self) -> Result<()> {
+        stop("agent", self.process, &self.log)
     }
 }
 
@@ -249,7 +243,7 @@ pub fn ship(bins: &Binaries, pki: &TestPki, root: &Path, work: &Path) -> Result<
     data::clear(&dir)?;
     let mut collector = Collector::start(bins, pki, &dir, None)?;
     let started = Instant::now();
-    let mut agent = Agent::start(bins, pki, STATION, collector.addr, root, &dir.join("agent"))?;
+    let mut agent = Agent::start_station(bins, pki, &collector, root, &dir)?;
     let deadline = started + Duration::from_secs(1800);
     loop {
         let [p, b] = collector.catalogs.counts();
@@ -304,6 +298,25 @@ pub fn count(dir: &Path) -> Result<(usize, u64)> {
 }
 
 /// The last lines of a log, for error messages.
+/// Fails if the daemon (`what`, logging to `log`) has exited.
+fn check_alive(what: &str, process: &mut Process, log: &Path) -> Result<()> {
+    if let Some(status) = process.child.try_wait()? {
+        bail!("the {what} exited with {status}\n{}", tail(log));
+    }
+    Ok(())
+}
+
+/// Stops the daemon (`what`, logging to `log`) and checks it exited cleanly.
+fn stop(what: &str, mut process: Process, log: &Path) -> Result<()> {
+    let status = process.terminate(Duration::from_secs(30))?;
+    ensure!(
+        status.success(),
+        "the {what} exited with {status}\n{}",
+        tail(log)
+    );
+    Ok(())
+}
+
 pub fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();

@@ -23,14 +23,7 @@ pub fn run(bins: &Binaries, pki: &TestPki, options: &Options) -> Result<String> 
     let root = dir.join("station");
     std::fs::create_dir_all(&root)?;
     let mut collector = Collector::start(bins, pki, &dir, None)?;
-    let mut agent = Agent::start(
-        bins,
-        pki,
-        STATION,
-        collector.addr,
-        &root,
-        &dir.join("agent"),
-    )?;
+    let mut agent = Agent::start_station(bins, pki, &collector, &root, &dir)?;
     // A first file, so that start-up is not measured.
     write(&root.join("warm-up.bin"), &mut Rng(7))?;
     let deadline = Instant::now() + Duration::from_secs(60);
