@@ -481,17 +481,7 @@ impl Ledger {
                 let row = stmt
                     .query_row(
                         params![ack.key.id, ack.key.generation, &ack.sha256[..], now],
-                        |row| {
-                            Ok(AckedFile {
-                                root: row.get(0)?,
-                                rel_path: path_from_blob(row.get(1)?),
-                                identity: Identity {
-                                    size: from_sql_u64(row.get(2)?),
-                                    mtime_ns: row.get(3)?,
-                                    inode: from_sql_u64(row.get(4)?),
-                                },
-                            })
-                        },
+                        acked_file,
                     )
                     .optional()
                     .map_err(&err)?;
@@ -520,19 +510,7 @@ impl Ledger {
                  WHERE post_ack_pending = 1 AND state = 'done' ORDER BY acked_at, id",
             )
             .map_err(&err)?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok(AckedFile {
-                    root: row.get(0)?,
-                    rel_path: path_from_blob(row.get(1)?),
-                    identity: Identity {
-                        size: from_sql_u64(row.get(2)?),
-                        mtime_ns: row.get(3)?,
-                        inode: from_sql_u64(row.get(4)?),
-                    },
-                })
-            })
-            .map_err(&err)?;
+        let rows = stmt.query_map([], acked_file).map_err(&err)?;
         rows.collect::<Result<_, _>>().map_err(&err)
     }
 
@@ -939,6 +917,19 @@ fn set_marker_in(conn: &Connection, name: &str, value: i64) -> rusqlite::Result<
     )?
     .execute(params![name, value])?;
     Ok(())
+}
+
+/// An [`AckedFile`] from a row of `root, rel_path, size, mtime_ns, inode`.
+fn acked_file(row: &rusqlite::Row<'_>) -> rusqlite::Result<AckedFile> {
+    Ok(AckedFile {
+        root: row.get(0)?,
+        rel_path: path_from_blob(row.get(1)?),
+        identity: Identity {
+            size: from_sql_u64(row.get(2)?),
+            mtime_ns: row.get(3)?,
+            inode: from_sql_u64(row.get(4)?),
+        },
+    })
 }
 
 fn path_from_blob(bytes: Vec<u8>) -> PathBuf {
