@@ -241,9 +241,8 @@ halt_flag = "/home/node/run/HALT_FLAG"
         );
     }
 
-    #[test]
-    fn paths_inside_the_state_directory_need_no_line() {
-        let text = r#"
+    /// A config whose every path lies in the packaged state directory.
+    const INSIDE_STATE: &str = r#"
 collectors = ["c.example.org:7443"]
 state_dir = "/var/lib/ferry/agent"
 [tls]
@@ -254,26 +253,20 @@ key = "/etc/ferry/pki/station.key"
 name = "data"
 path = "/var/lib/ferry/agent/inbox"
 "#;
-        assert_eq!(settings_lines(&dropin(text)), ["[Service]"]);
+
+    #[test]
+    fn paths_inside_the_state_directory_need_no_line() {
+        assert_eq!(settings_lines(&dropin(INSIDE_STATE)), ["[Service]"]);
     }
 
     #[test]
     fn the_metrics_textfile_directory_is_opened_for_its_renames() {
-        let text = r#"
-collectors = ["c.example.org:7443"]
-state_dir = "/var/lib/ferry/agent"
-[tls]
-ca = "/etc/ferry/pki/ca.pem"
-cert = "/etc/ferry/pki/station.pem"
-key = "/etc/ferry/pki/station.key"
-[[roots]]
-name = "data"
-path = "/var/lib/ferry/agent/inbox"
-[metrics]
-textfile = "/var/lib/prometheus/node-exporter/ferry-agent.prom"
-"#;
+        let text = format!(
+            "{INSIDE_STATE}[metrics]\n\
+             textfile = \"/var/lib/prometheus/node-exporter/ferry-agent.prom\"\n"
+        );
         assert_eq!(
-            settings_lines(&dropin(text)),
+            settings_lines(&dropin(&text)),
             [
                 "[Service]",
                 "ReadWritePaths=\"-/var/lib/prometheus/node-exporter\"",
