@@ -9,20 +9,9 @@ use anyhow::{Context, Result, ensure};
 
 /// Runs the benchmark; `args` go to it (`--help` lists them).
 pub fn run(args: &[String]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .args([
-            "build",
-            "--release",
-            "--bin",
-            "ferry-agent",
-            "--bin",
-            "ferry-collector",
-        ])
-        .status()
-        .context("cannot run cargo")?;
-    ensure!(status.success(), "release build failed");
+    crate::build_release_daemons()?;
     crate::ensure_mariadb()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .args([
             "bench",

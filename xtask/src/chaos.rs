@@ -66,12 +66,8 @@ pub fn run(args: &[String]) -> Result<()> {
             String::from_utf8_lossy(&out.stdout)
         );
     }
-    let nextest = Command::new("cargo")
-        .args(["nextest", "--version"])
-        .output()
-        .is_ok_and(|out| out.status.success());
     let mut command = Command::new("cargo");
-    if nextest {
+    if crate::has_nextest() {
         command.args(["nextest", "run", "-p", "ferry-tests", "--test", "chaos"]);
         command.args(profile).arg("--no-capture");
     } else {

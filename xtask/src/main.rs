@@ -72,12 +72,8 @@ fn test(extra: &[String]) -> Result<()> {
     // The end-to-end tests run the real `ferry-agent` and `ferry-collector`
     // binaries; build them (debug, as the tests are) before the tests start.
     run(Command::new("cargo").args(["build", "--workspace", "--bins"]))?;
-    let nextest = Command::new("cargo")
-        .args(["nextest", "--version"])
-        .output()
-        .is_ok_and(|out| out.status.success());
     let mut command = Command::new("cargo");
-    if nextest {
+    if has_nextest() {
         command.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
     } else {
         command.args(["test", "--workspace", "--no-fail-fast"]);
@@ -116,6 +112,27 @@ fn mariadbd_installed() -> bool {
     std::env::split_paths(&path)
         .chain([std::path::PathBuf::from("/usr/sbin")])
         .any(|dir| dir.join("mariadbd").is_file())
+}
+
+/// Builds the release `ferry-agent` and `ferry-collector`.
+pub(crate) fn build_release_daemons() -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).args([
+        "build",
+        "--release",
+        "--bin",
+        "ferry-agent",
+        "--bin",
+        "ferry-collector",
+    ]))
+}
+
+/// Whether cargo-nextest is installed.
+pub(crate) fn has_nextest() -> bool {
+    Command::new("cargo")
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|out| out.status.success())
 }
 
 fn run(command: &mut Command) -> Result<()> {

@@ -21,19 +21,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let dir = PathBuf::from(args.first().map_or("ferry-quickstart", String::as_str));
     let dir = std::env::current_dir()?.join(dir);
     step("building ferry-collector and ferry-agent");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .args([
-            "build",
-            "--release",
-            "--bin",
-            "ferry-collector",
-            "--bin",
-            "ferry-agent",
-        ])
-        .status()
-        .context("cannot run cargo")?;
-    ensure!(status.success(), "build failed");
+    crate::build_release_daemons()?;
     let target = target_dir()?.join("release");
     let collector_bin = target.join("ferry-collector");
     let agent_bin = target.join("ferry-agent");
