@@ -572,9 +572,31 @@ async fn send_due(
             if let Some(h) = held.take() {
                 let _ = h.lower();
             }
+            // Connected while idle too: a wrong certificate or endpoint
+            // shows at start rather than with the first file, and the
+            // first files after a quiet spell do not wait for a handshake.
+            if link.is_none() && tokio::time::Instant::now() >= next_connect {
+                link = connect(
+                    &link_config,
+                    &state_path,
+                    &metrics,
+                    &mut backoff,
+                    &mut next_connect,
+                )
+                .await;
+                if link.is_some() {
+                    flow = Flow::default();
+                }
+                continue;
+            }
+            let wake = if link.is_none() {
+                next_connect.min(tokio::time::Instant::now() + Duration::from_secs(1))
+            } else {
+                tokio::time::Instant::now() + Duration::from_secs(1)
+            };
             tokio::select! {
                 () = due_changed.wake.notified() => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = tokio::time::sleep_until(wake) => {}
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
             continue;
@@ -649,26 +671,18 @@ async fn send_due(
                 }
                 continue;
             }
-            match connect_once(&link_config).await {
-                Ok(l) => {
-                    info!(collector = %l.addr, "connected");
-                    metrics.set_connected(true);
-                    state.connected = true;
-                    state.collector = Some(l.addr.clone());
-                    state.last_error = None;
-                    link = Some(l);
-                    flow = Flow::default();
-                    backoff.reset();
-                }
-                Err(error) => {
-                    metrics.error(ErrorKind::Connect);
-                    let delay = backoff.next_delay();
-                    debug!(?delay, "collector unreachable; retrying later");
-                    state.last_error = Some(error);
-                    next_connect = tokio::time::Instant::now() + delay;
-                }
-            }
             status::write(&state_path, &state);
+            link = connect(
+                &link_config,
+                &state_path,
+                &metrics,
+                &mut backoff,
+                &mut next_connect,
+            )
+            .await;
+            if link.is_some() {
+                flow = Flow::default();
+            }
             continue;
         }
         // Linger a little for a fuller batch.
@@ -783,6 +797,40 @@ async fn send_due(
     let mut state = status::read(&state_path);
     state.connected = false;
     status::write(&state_path, &state);
+}
+
+/// One connection attempt ([`connect_once`]), recorded in the metrics and
+/// the status file; after a failure the next attempt waits for `backoff`.
+async fn connect(
+    config: &ClientLinkConfig,
+    state_path: &Path,
+    metrics: &Metrics,
+    backoff: &mut Backoff,
+    next_connect: &mut tokio::time::Instant,
+) -> Option<ClientLink> {
+    let mut state = status::read(state_path);
+    let link = match connect_once(config).await {
+        Ok(l) => {
+            info!(collector = %l.addr, "connected");
+            metrics.set_connected(true);
+            state.connected = true;
+            state.collector = Some(l.addr.clone());
+            state.last_error = None;
+            backoff.reset();
+            Some(l)
+        }
+        Err(error) => {
+            metrics.error(ErrorKind::Connect);
+            let delay = backoff.next_delay();
+            debug!(?delay, "collector unreachable; retrying later");
+            state.connected = false;
+            state.last_error = Some(error);
+            *next_connect = tokio::time::Instant::now() + delay;
+            None
+        }
+    };
+    status::write(state_path, &state);
+    link
 }
 
 /// One attempt at each collector endpoint in turn.

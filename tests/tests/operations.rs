@@ -70,6 +70,59 @@ fn agent_metrics_extra(port: SocketAddr, textfile: Option<&Path>) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_nothing_to_send_connects_at_start_or_says_why_not() {
+    ferry_tests::init_logging();
+    let pki = TestPki::new().unwrap();
+    let mut collector = TestCollector::new(&pki, "").unwrap();
+    let metrics_port = process::free_port().unwrap();
+    collector
+        .append_config(&format!("[metrics]\nlisten = \"{metrics_port}\""))
+        .unwrap();
+    let endpoint = collector.start().await.unwrap();
+    let status = collector.http_addr().expect("the status endpoint is on");
+    let idle_port = process::free_port().unwrap();
+    let mut idle =
+        TestAgent::new(&pki, "s1", &endpoint, &agent_metrics_extra(idle_port, None)).unwrap();
+    idle.start().unwrap();
+    // Nothing is due, yet the agent holds a session with the collector.
+    let v = until("the idle agent is connected", || async {
+        let agent = scrape(
+            idle_port,
+            &["ferry_agent_connected", "ferry_agent_due_files"],
+        )
+        .await?;
+        let sessions = scrape(status, &["ferry_collector_sessions"]).await?;
+        (agent[0] == 1.0 && sessions[0] == 1.0)
+            .then_some(agent.clone())
+            .ok_or(format!("agent {agent:?}, collector sessions {sessions:?}"))
+    })
+    .await;
+    assert_eq!(v[1], 0.0, "nothing was due");
+
+    // An agent whose collector is not there says so before any file
+    // appears, and keeps trying.
+    let nowhere = process::free_port().unwrap().to_string();
+    let lost_port = process::free_port().unwrap();
+    let mut lost =
+        TestAgent::new(&pki, "s2", &nowhere, &agent_metrics_extra(lost_port, None)).unwrap();
+    lost.start().unwrap();
+    until("the unreachable collector is counted", || async {
+        let v = scrape(
+            lost_port,
+            &[
+                "ferry_agent_connected",
+                "ferry_agent_errors_total{kind=\"connect\"}",
+            ],
+        )
+        .await?;
+        (v[0] == 0.0 && v[1] >= 2.0)
+            .then_some(())
+            .ok_or(format!("{v:?}"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_status_agree_with_a_transfer() {
     ferry_tests::init_logging();
     let pki = TestPki::new().unwrap();
