@@ -169,6 +169,25 @@ impl Agent {
         check_alive("agent", &mut self.process, &self.log)
     }
 
+    /// Waits until the agent logs that it is connected to the collector
+    /// (it connects at start, with or without anything to send).
+    pub fn wait_connected(&mut self, station: &str) -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if log.contains("connected collector=") {
+                return Ok(());
+            }
+            self.check_alive()?;
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "{station}'s agent not connected after 60 s:\n{}",
+                tail(&self.log)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     pub fn stop(self) -> Result<()> {
         stop("agent", self.process, &self.log)
     }
