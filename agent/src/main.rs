@@ -163,7 +163,8 @@ fn main() -> ExitCode {
 }
 
 fn run(settings: config::Settings) -> anyhow::Result<()> {
-    limit_malloc_arenas();
+    // One arena: the agent's peak memory stays within its 32 MiB budget.
+    ferry_common::malloc::tune(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -190,24 +191,4 @@ fn run(settings: config::Settings) -> anyhow::Result<()> {
         ferry_agent::daemon::run(settings, shutdown, readiness).await?;
         Ok(())
     })
-}
-
-/// glibc gives threads that allocate their own malloc arenas (up to eight
-/// per core) and keeps freed chunk buffers in them, which made the agent's
-/// resident memory several times its working set. `MALLOC_ARENA_MAX` is read
-/// only when a process starts, so the daemon runs itself again once with it
-/// set (same pid: `exec`), unless the environment already chose a value.
-fn limit_malloc_arenas() {
-    use std::os::unix::process::CommandExt as _;
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let error = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("MALLOC_ARENA_MAX", "1")
-        .exec();
-    tracing::warn!(%error, "cannot re-execute with MALLOC_ARENA_MAX=1; memory use may be higher");
 }

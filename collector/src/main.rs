@@ -138,6 +138,10 @@ fn run_admin(admin: Admin) -> ExitCode {
             }
         };
     }
+    if admin.command == "run" {
+        // Two arenas for the collector's many threads (sessions, fsyncs).
+        ferry_common::malloc::tune(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

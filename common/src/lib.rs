@@ -9,6 +9,7 @@ pub mod http;
 pub mod json;
 pub mod link;
 pub mod logging;
+pub mod malloc;
 pub mod metrics;
 pub mod pki;
 pub mod protocol;

@@ -487,6 +487,18 @@ fn hear(socket: &UnixDatagram, wanted: &str) -> Vec<String> {
     panic!("{wanted} never came; heard {heard:?}");
 }
 
+/// The `MALLOC_*` variables in the environment of process `pid`, sorted.
+fn malloc_env(pid: u32) -> Vec<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let mut vars: Vec<String> = environ
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .filter(|v| v.starts_with("MALLOC_"))
+        .collect();
+    vars.sort();
+    vars
+}
+
 #[test]
 fn the_collector_tells_systemd_when_it_serves_and_when_it_stops() {
     let pki = TestPki::new().unwrap();
@@ -520,6 +532,16 @@ fn the_collector_tells_systemd_when_it_serves_and_when_it_stops() {
     );
     // READY=1 means serving: the station listener is bound already.
     std::net::TcpStream::connect(addr).expect("listening when READY=1 was sent");
+    // It re-executed itself (same pid, readiness intact) with the malloc
+    // tunables.
+    assert_eq!(
+        malloc_env(proc.child.id()),
+        [
+            "MALLOC_ARENA_MAX=2",
+            "MALLOC_MMAP_THRESHOLD_=4194304",
+            "MALLOC_TRIM_THRESHOLD_=16777216"
+        ]
+    );
     hear(&manager, "WATCHDOG=1");
     let status = proc.terminate(Duration::from_secs(20)).unwrap();
     assert!(
@@ -546,11 +568,25 @@ fn the_agent_tells_systemd_when_it_watches_and_when_it_stops() {
         std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
     let manager = UnixDatagram::bind_addr(&abstract_addr).unwrap();
     let value = std::ffi::OsString::from(format!("@{name}"));
-    agent.start_with_env(&[("NOTIFY_SOCKET", &value)]).unwrap();
+    // An operator's own malloc setting is kept; the others are added.
+    agent
+        .start_with_env(&[
+            ("NOTIFY_SOCKET", &value),
+            ("MALLOC_TRIM_THRESHOLD_", "1048576".as_ref()),
+        ])
+        .unwrap();
     let ready = hear(&manager, "READY=1");
     assert!(
         ready.last().unwrap().contains("STATUS=watching 1 root(s)"),
         "{ready:?}"
+    );
+    assert_eq!(
+        malloc_env(agent.pid().unwrap()),
+        [
+            "MALLOC_ARENA_MAX=1",
+            "MALLOC_MMAP_THRESHOLD_=4194304",
+            "MALLOC_TRIM_THRESHOLD_=1048576"
+        ]
     );
     let pid = agent.pid().unwrap().to_string();
     let sent = std::process::Command::new("kill")
