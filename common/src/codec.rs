@@ -285,6 +285,26 @@ mod tests {
     }
 
     #[test]
+    fn chunk_bytes_travel_as_a_length_and_the_raw_bytes() {
+        let data: Vec<u8> = (0..200u8).collect();
+        let bytes = encode(&Message::Chunk(Chunk {
+            batch: 1,
+            file: 2,
+            offset: 3,
+            data: data.clone(),
+        }))
+        .unwrap();
+        // The length as a varint (one byte below 251), then the bytes as
+        // they are.
+        let tail = [&[200][..], &data].concat();
+        assert!(bytes.ends_with(&tail), "{bytes:?}");
+        match decode(&bytes).unwrap().message {
+            Message::Chunk(chunk) => assert_eq!(chunk.data, data),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_length_prefix_claiming_huge_data_is_an_error_not_an_allocation() {
         // A Chunk whose data length claims ~2^62 bytes, in a 20-byte frame.
         let mut bytes = encode(&Message::Chunk(Chunk {

@@ -129,8 +129,43 @@ pub struct Chunk {
     pub file: u32,
     /// Byte offset of `data` within the file.
     pub offset: u64,
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "chunk_data")]
     pub data: Vec<u8>,
+}
+
+/// A chunk's bytes: written as serde bytes; read by borrowing them from the
+/// frame and copying once. (Asking for an owned buffer instead makes bincode
+/// zero a new one and then copy into it: a `memset` of every byte received,
+/// 6% of the collector's CPU on a 1 GiB file.)
+mod chunk_data {
+    use serde::de::{Deserializer, Error, Visitor};
+    use serde::ser::Serializer;
+
+    pub fn serialize<S: Serializer>(data: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serde_bytes::serialize(data, serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        deserializer.deserialize_bytes(Bytes)
+    }
+
+    struct Bytes;
+
+    impl<'de> Visitor<'de> for Bytes {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("chunk bytes")
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+    }
 }
 
 impl std::fmt::Debug for Chunk {
