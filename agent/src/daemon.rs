@@ -685,11 +685,12 @@ async fn send_due(
             }
             continue;
         }
-        // Linger a little for a fuller batch.
-        let youngest = due.iter().map(|d| d.due_since).max().unwrap_or(now);
-        if due.len() < settings.batch.max_files
-            && now.duration_since(youngest).unwrap_or_default() < settings.batch.linger
-        {
+        // Linger for a fuller batch, until `linger` after its first file
+        // became due (the time spent above on HALT_FLAG and DUE_BACKUP
+        // counts: a batch is not held back longer for it).
+        let first = due.iter().map(|d| d.due_since).min().unwrap_or(now);
+        let waited = now.duration_since(first).unwrap_or_default();
+        if due.len() < settings.batch.max_files && waited < settings.batch.linger {
             // Waiting for the batch in flight is lingering enough.
             if let Some(previous) = in_flight.take() {
                 finish_pending(previous, &mut link, &mut flow, &context).await;
@@ -697,7 +698,7 @@ async fn send_due(
                 continue;
             }
             tokio::select! {
-                () = tokio::time::sleep(settings.batch.linger) => {}
+                () = tokio::time::sleep(settings.batch.linger - waited) => {}
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
         }
