@@ -534,14 +534,17 @@ async fn send_due(
         metrics: &metrics,
     };
     let mut batch_no = 0u64;
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+    let mut dialer = Dialer {
+        config: link_config,
+        backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
+        next: tokio::time::Instant::now(),
+    };
     let mut dirty = true;
     // As if written long ago: the first list goes out at once.
     let mut due_written = std::time::Instant::now()
         .checked_sub(DUE_LIST_EVERY)
         .unwrap_or_else(std::time::Instant::now);
     let mut busy_logged = false;
-    let mut next_connect = tokio::time::Instant::now();
     loop {
         if *shutdown.borrow() {
             break;
@@ -575,22 +578,17 @@ async fn send_due(
             // Connected while idle too: a wrong certificate or endpoint
             // shows at start rather than with the first file, and the
             // first files after a quiet spell do not wait for a handshake.
-            if link.is_none() && tokio::time::Instant::now() >= next_connect {
-                link = connect(
-                    &link_config,
-                    &state_path,
-                    &metrics,
-                    &mut backoff,
-                    &mut next_connect,
-                )
-                .await;
+            if link.is_none() && dialer.is_due() {
+                link = dialer.connect(&state_path, &metrics).await;
                 if link.is_some() {
                     flow = Flow::default();
                 }
                 continue;
             }
             let wake = if link.is_none() {
-                next_connect.min(tokio::time::Instant::now() + Duration::from_secs(1))
+                dialer
+                    .next
+                    .min(tokio::time::Instant::now() + Duration::from_secs(1))
             } else {
                 tokio::time::Instant::now() + Duration::from_secs(1)
             };
@@ -662,24 +660,17 @@ async fn send_due(
             let mut state = status::read(&state_path);
             state.halted_by = None;
             state.connected = false;
-            if tokio::time::Instant::now() < next_connect {
+            if !dialer.is_due() {
                 status::write(&state_path, &state);
                 tokio::select! {
-                    () = tokio::time::sleep_until(next_connect) => {}
+                    () = tokio::time::sleep_until(dialer.next) => {}
                     () = due_changed.wake.notified() => {}
                     _ = shutdown.wait_for(|stop| *stop) => break,
                 }
                 continue;
             }
             status::write(&state_path, &state);
-            link = connect(
-                &link_config,
-                &state_path,
-                &metrics,
-                &mut backoff,
-                &mut next_connect,
-            )
-            .await;
+            link = dialer.connect(&state_path, &metrics).await;
             if link.is_some() {
                 flow = Flow::default();
             }
@@ -772,7 +763,7 @@ async fn send_due(
                     }
                     dirty = true;
                 }
-                backoff.reset();
+                dialer.backoff.reset();
             }
             Err(error) => {
                 batch_failed(&keys, &context);
@@ -800,38 +791,46 @@ async fn send_due(
     status::write(&state_path, &state);
 }
 
-/// One connection attempt ([`connect_once`]), recorded in the metrics and
-/// the status file; after a failure the next attempt waits for `backoff`.
-async fn connect(
-    config: &ClientLinkConfig,
-    state_path: &Path,
-    metrics: &Metrics,
-    backoff: &mut Backoff,
-    next_connect: &mut tokio::time::Instant,
-) -> Option<ClientLink> {
-    let mut state = status::read(state_path);
-    let link = match connect_once(config).await {
-        Ok(l) => {
-            info!(collector = %l.addr, "connected");
-            metrics.set_connected(true);
-            state.connected = true;
-            state.collector = Some(l.addr.clone());
-            state.last_error = None;
-            backoff.reset();
-            Some(l)
-        }
-        Err(error) => {
-            metrics.error(ErrorKind::Connect);
-            let delay = backoff.next_delay();
-            debug!(?delay, "collector unreachable; retrying later");
-            state.connected = false;
-            state.last_error = Some(error);
-            *next_connect = tokio::time::Instant::now() + delay;
-            None
-        }
-    };
-    status::write(state_path, &state);
-    link
+/// Connection attempts to the collector, spaced by a backoff after failures.
+struct Dialer {
+    config: ClientLinkConfig,
+    backoff: Backoff,
+    /// When the next attempt may be made.
+    next: tokio::time::Instant,
+}
+
+impl Dialer {
+    fn is_due(&self) -> bool {
+        tokio::time::Instant::now() >= self.next
+    }
+
+    /// One connection attempt ([`connect_once`]), recorded in the metrics
+    /// and the status file; after a failure the next waits for the backoff.
+    async fn connect(&mut self, state_path: &Path, metrics: &Metrics) -> Option<ClientLink> {
+        let mut state = status::read(state_path);
+        let link = match connect_once(&self.config).await {
+            Ok(l) => {
+                info!(collector = %l.addr, "connected");
+                metrics.set_connected(true);
+                state.connected = true;
+                state.collector = Some(l.addr.clone());
+                state.last_error = None;
+                self.backoff.reset();
+                Some(l)
+            }
+            Err(error) => {
+                metrics.error(ErrorKind::Connect);
+                let delay = self.backoff.next_delay();
+                debug!(?delay, "collector unreachable; retrying later");
+                state.connected = false;
+                state.last_error = Some(error);
+                self.next = tokio::time::Instant::now() + delay;
+                None
+            }
+        };
+        status::write(state_path, &state);
+        link
+    }
 }
 
 /// One attempt at each collector endpoint in turn.

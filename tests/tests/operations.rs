@@ -59,6 +59,19 @@ fn write_files(agent: &TestAgent, prefix: &str, n: usize) -> (usize, u64) {
     (n, bytes)
 }
 
+/// A started collector with a separate metrics listener; its station
+/// endpoint, its status endpoint and its metrics listener's address.
+async fn collector_with_metrics(pki: &TestPki) -> (TestCollector, String, SocketAddr, SocketAddr) {
+    let mut collector = TestCollector::new(pki, "").unwrap();
+    let metrics_port = process::free_port().unwrap();
+    collector
+        .append_config(&format!("[metrics]\nlisten = \"{metrics_port}\""))
+        .unwrap();
+    let endpoint = collector.start().await.unwrap();
+    let status = collector.http_addr().expect("the status endpoint is on");
+    (collector, endpoint, status, metrics_port)
+}
+
 fn agent_metrics_extra(port: SocketAddr, textfile: Option<&Path>) -> String {
     let mut extra = format!("[metrics]\nlisten = \"{port}\"\n");
     if let Some(path) = textfile {
@@ -73,13 +86,7 @@ fn agent_metrics_extra(port: SocketAddr, textfile: Option<&Path>) -> String {
 async fn an_agent_with_nothing_to_send_connects_at_start_or_says_why_not() {
     ferry_tests::init_logging();
     let pki = TestPki::new().unwrap();
-    let mut collector = TestCollector::new(&pki, "").unwrap();
-    let metrics_port = process::free_port().unwrap();
-    collector
-        .append_config(&format!("[metrics]\nlisten = \"{metrics_port}\""))
-        .unwrap();
-    let endpoint = collector.start().await.unwrap();
-    let status = collector.http_addr().expect("the status endpoint is on");
+    let (_collector, endpoint, status, _) = collector_with_metrics(&pki).await;
     let idle_port = process::free_port().unwrap();
     let mut idle =
         TestAgent::new(&pki, "s1", &endpoint, &agent_metrics_extra(idle_port, None)).unwrap();
@@ -126,13 +133,7 @@ async fn an_agent_with_nothing_to_send_connects_at_start_or_says_why_not() {
 async fn metrics_and_status_agree_with_a_transfer() {
     ferry_tests::init_logging();
     let pki = TestPki::new().unwrap();
-    let mut collector = TestCollector::new(&pki, "").unwrap();
-    let metrics_port = process::free_port().unwrap();
-    collector
-        .append_config(&format!("[metrics]\nlisten = \"{metrics_port}\""))
-        .unwrap();
-    let endpoint = collector.start().await.unwrap();
-    let status = collector.http_addr().expect("the status endpoint is on");
+    let (mut collector, endpoint, status, metrics_port) = collector_with_metrics(&pki).await;
     let agent_port = process::free_port().unwrap();
     let mut agent = TestAgent::new(
         &pki,
