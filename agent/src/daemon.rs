@@ -660,8 +660,8 @@ async fn send_due(
             let mut state = status::read(&state_path);
             state.halted_by = None;
             state.connected = false;
+            status::write(&state_path, &state);
             if !dialer.is_due() {
-                status::write(&state_path, &state);
                 tokio::select! {
                     () = tokio::time::sleep_until(dialer.next) => {}
                     () = due_changed.wake.notified() => {}
@@ -669,7 +669,6 @@ async fn send_due(
                 }
                 continue;
             }
-            status::write(&state_path, &state);
             link = dialer.connect(&state_path, &metrics).await;
             if link.is_some() {
                 flow = Flow::default();
