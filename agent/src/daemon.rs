@@ -509,8 +509,49 @@ fn retry_after(attempts: u32, retryable: bool) -> Duration {
     Duration::from_secs(secs.min(3600))
 }
 
-/// Least time between two rewrites of `DUE_BACKUP` while files are sent.
+/// Longest `DUE_BACKUP` lags the due set while files are sent.
 const DUE_LIST_EVERY: Duration = Duration::from_secs(1);
+
+/// When `DUE_BACKUP` must be rewritten. The holder of `HALT_FLAG` owns the
+/// list, so it needs to be exact only when the flag is lowered; while
+/// batches flow it follows the due set at most [`DUE_LIST_EVERY`] late.
+/// Rewriting it as soon as files arrive would put a write and two fsyncs
+/// before every burst's first offer (and rewriting it after every batch
+/// cost a tenth of the agent's CPU).
+#[derive(Debug)]
+struct DueList {
+    /// Since when the list has not matched the due set; `None`: it matches.
+    stale_since: Option<std::time::Instant>,
+}
+
+impl DueList {
+    /// Not known to match (at start).
+    fn stale() -> Self {
+        Self {
+            stale_since: Some(std::time::Instant::now()),
+        }
+    }
+
+    /// The due set changed.
+    fn changed(&mut self) {
+        self.stale_since.get_or_insert_with(std::time::Instant::now);
+    }
+
+    fn is_exact(&self) -> bool {
+        self.stale_since.is_none()
+    }
+
+    /// Whether to rewrite the list now: it is stale, and the flag is about
+    /// to be lowered (`lowering`) or the list has lagged long enough.
+    fn write_now(&self, lowering: bool) -> bool {
+        self.stale_since
+            .is_some_and(|since| lowering || since.elapsed() >= DUE_LIST_EVERY)
+    }
+
+    fn written(&mut self) {
+        self.stale_since = None;
+    }
+}
 
 async fn send_due(
     settings: Arc<Settings>,
@@ -539,18 +580,15 @@ async fn send_due(
         backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
         next: tokio::time::Instant::now(),
     };
-    let mut dirty = true;
-    // As if written long ago: the first list goes out at once.
-    let mut due_written = std::time::Instant::now()
-        .checked_sub(DUE_LIST_EVERY)
-        .unwrap_or_else(std::time::Instant::now);
+    // Whatever the list on disk holds, it is checked against the ledger.
+    let mut due_list = DueList::stale();
     let mut busy_logged = false;
     loop {
         if *shutdown.borrow() {
             break;
         }
         if due_changed.take() {
-            dirty = true;
+            due_list.changed();
         }
         let now = SystemTime::now();
         let due = match tokio::task::block_in_place(|| {
@@ -568,10 +606,10 @@ async fn send_due(
             && let Some(previous) = in_flight.take()
         {
             finish_pending(previous, &mut link, &mut flow, &context).await;
-            dirty = true;
+            due_list.changed();
             continue;
         }
-        if due.is_empty() && !dirty {
+        if due.is_empty() && due_list.is_exact() {
             if let Some(h) = held.take() {
                 let _ = h.lower();
             }
@@ -639,14 +677,12 @@ async fn send_due(
         if let Some(h) = &held {
             let _ = h.refresh(now);
         }
-        // While batches flow, DUE_BACKUP follows at most once a second
-        // (rewriting a list of thousands of lines after every batch cost a
-        // tenth of the agent's CPU); once nothing is due it is exact before
-        // HALT_FLAG is lowered.
-        if dirty && (due.is_empty() || due_written.elapsed() >= DUE_LIST_EVERY) {
+        // HALT_FLAG is lowered below when nothing is due or the collector
+        // is away; DUE_BACKUP is exact before that, and lags the due set by
+        // at most a second while batches flow.
+        if due_list.write_now(due.is_empty() || link.is_none()) {
             write_due_list(&settings, &ledger, &roots, &metrics);
-            due_written = std::time::Instant::now();
-            dirty = false;
+            due_list.written();
         }
         if due.is_empty() {
             continue;
@@ -684,7 +720,7 @@ async fn send_due(
             // Waiting for the batch in flight is lingering enough.
             if let Some(previous) = in_flight.take() {
                 finish_pending(previous, &mut link, &mut flow, &context).await;
-                dirty = true;
+                due_list.changed();
                 continue;
             }
             tokio::select! {
@@ -760,7 +796,7 @@ async fn send_due(
                     if !ok && let Some(lost) = in_flight.take() {
                         batch_failed(&lost.keys, &context);
                     }
-                    dirty = true;
+                    due_list.changed();
                 }
                 dialer.backoff.reset();
             }
@@ -777,8 +813,12 @@ async fn send_due(
     // A batch still in flight: its ack is a few fsyncs away.
     if let Some(previous) = in_flight.take() {
         finish_pending(previous, &mut link, &mut flow, &context).await;
+        due_list.changed();
     }
     if let Some(h) = held.take() {
+        if due_list.write_now(true) {
+            write_due_list(&settings, &ledger, &roots, &metrics);
+        }
         let _ = h.lower();
     }
     if let Some(link) = link.take() {
@@ -1130,5 +1170,35 @@ fn after_ack(settings: &Settings, acked: &AckedFile, path: &Path) -> bool {
             }
             moved.is_ok()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_backup_waits_while_batches_flow_and_is_exact_before_the_flag_is_lowered() {
+        let mut list = DueList::stale();
+        list.written();
+        assert!(list.is_exact());
+        assert!(!list.write_now(true), "an exact list is not rewritten");
+
+        // Files arrive: the first offer does not wait for the list...
+        list.changed();
+        assert!(!list.is_exact());
+        assert!(!list.write_now(false));
+        // ...but lowering HALT_FLAG does.
+        assert!(list.write_now(true));
+
+        // More changes do not push the deadline back: the lag is counted
+        // from the first change the list missed.
+        let long_ago = std::time::Instant::now() - DUE_LIST_EVERY;
+        list.stale_since = Some(long_ago);
+        list.changed();
+        assert_eq!(list.stale_since, Some(long_ago));
+        assert!(list.write_now(false), "a list a second behind is rewritten");
+        list.written();
+        assert!(list.is_exact());
     }
 }
