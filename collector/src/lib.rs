@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod applier;
 pub mod config;
+pub mod group_sync;
 pub mod journal;
 pub mod metrics;
 pub mod monitor;

@@ -12,9 +12,12 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ferry_common::protocol::Sha256;
 use ferry_common::station::StationId;
+
+use crate::group_sync::GroupSync;
 
 /// Longest relative path accepted, in bytes.
 pub const MAX_PATH: usize = 4096;
@@ -150,6 +153,9 @@ impl FileKey {
 pub struct Repository {
     root: PathBuf,
     staging: PathBuf,
+    /// Group commits of the staging area's and the root's filesystems.
+    staging_sync: Arc<GroupSync>,
+    root_sync: Arc<GroupSync>,
 }
 
 /// A file being received: its staging file, open for appending, and the hash
@@ -192,9 +198,16 @@ impl Repository {
         for dir in [root, staging] {
             std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
         }
+        let group_sync = |dir: &Path| {
+            GroupSync::filesystem_of(dir)
+                .map_err(io_err("open", dir))
+                .map(Arc::new)
+        };
         Ok(Self {
             root: root.to_owned(),
             staging: staging.to_owned(),
+            staging_sync: group_sync(staging)?,
+            root_sync: group_sync(root)?,
         })
     }
 
@@ -285,8 +298,8 @@ impl Repository {
     }
 
     /// [`Repository::place`] without the directory fsync: a batch links all
-    /// its files, then fsyncs each directory once with
-    /// [`Repository::sync_parent`] before anything is acknowledged.
+    /// its files, then makes the links durable together with
+    /// [`Repository::sync_parents`] before anything is acknowledged.
     pub fn link(
         &self,
         staged: &Staged,
@@ -324,6 +337,33 @@ impl Repository {
                 Ok(Placement::AlreadyThere { stored_as })
             }
             Err(e) => Err(io_err("link", &target)(e)),
+        }
+    }
+
+    /// Makes the content of `staged` files durable with one group `syncfs`
+    /// of the staging filesystem (shared with other batches syncing at the
+    /// same time). If that fails, each file is fsynced on its own, so each
+    /// gets its own result (one full disk need not fail them all).
+    pub fn sync_staged(&self, staged: &[&Staged]) -> Vec<Result<(), RepositoryError>> {
+        match self.staging_sync.sync() {
+            Ok(()) => staged.iter().map(|_| Ok(())).collect(),
+            Err(error) => {
+                tracing::warn!(%error, "syncfs of the staging area failed; syncing file by file");
+                staged.iter().map(|s| s.sync()).collect()
+            }
+        }
+    }
+
+    /// Makes the links made for `stored` (paths relative to the root)
+    /// durable with one group `syncfs` of the repository's filesystem; if
+    /// that fails, each path's directory is fsynced on its own.
+    pub fn sync_parents(&self, stored: &[&str]) -> Vec<Result<(), RepositoryError>> {
+        match self.root_sync.sync() {
+            Ok(()) => stored.iter().map(|_| Ok(())).collect(),
+            Err(error) => {
+                tracing::warn!(%error, "syncfs of the repository failed; syncing directory by directory");
+                stored.iter().map(|s| self.sync_parent(s)).collect()
+            }
         }
     }
 

@@ -682,9 +682,10 @@ async fn finish_batch(
 /// in one transaction, and returns each file's result. A file whose record
 /// is not in the journal is never reported stored.
 ///
-/// Durability is grouped per batch: the staged files are fsynced together
-/// (concurrent flushes share the filesystem's journal commits), then linked,
-/// then each directory that gained a link is fsynced once, not once per file.
+/// Durability is grouped, never one flush per file: one group `syncfs`
+/// makes the staged content durable (shared with every batch syncing at the
+/// same time), then the files are linked, then a second one makes the links
+/// durable.
 fn place_batch(
     shared: &Shared,
     committed: Vec<(u32, Staged, Sha256)>,
@@ -693,7 +694,8 @@ fn place_batch(
     let repository = &shared.repository;
     let journal = &shared.journal;
     let now = now_ms();
-    let synced = in_parallel(&committed, |(_, staged, _)| staged.sync());
+    let staged: Vec<&Staged> = committed.iter().map(|(_, staged, _)| staged).collect();
+    let synced = repository.sync_staged(&staged);
     let mut placed = Vec::with_capacity(committed.len());
     for ((id, staged, sha256), synced) in committed.into_iter().zip(synced) {
         let placement = synced.and_then(|()| {
@@ -709,11 +711,11 @@ fn place_batch(
         .filter_map(|(.., p)| p.as_ref().ok())
         .map(|p| (parent_of(p.stored_as()), p.stored_as()))
         .collect();
-    let dirs: Vec<(&str, &str)> = dirs.into_iter().collect();
+    let files: Vec<&str> = dirs.values().copied().collect();
     let dir_errors: HashMap<&str, RepositoryError> = dirs
-        .iter()
-        .zip(in_parallel(&dirs, |(_, file)| repository.sync_parent(file)))
-        .filter_map(|((dir, _), r)| r.err().map(|e| (*dir, e)))
+        .keys()
+        .zip(repository.sync_parents(&files))
+        .filter_map(|(dir, r)| r.err().map(|e| (*dir, e)))
         .collect();
     let mut results = Vec::new();
     let mut records = Vec::new();
@@ -815,29 +817,6 @@ fn place_batch(
 /// The directory part of a repository-relative path.
 fn parent_of(stored_as: &str) -> &str {
     stored_as.rsplit_once('/').map_or("", |(dir, _)| dir)
-}
-
-/// Runs `f` on every item, on up to eight threads at once, and returns the
-/// results in order. Fsyncs issued together let the filesystem group them.
-fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    const THREADS: usize = 8;
-    if items.len() <= 1 {
-        return items.iter().map(&f).collect();
-    }
-    let per_thread = items.len().div_ceil(THREADS);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(per_thread)
-            .map(|part| scope.spawn(|| part.iter().map(&f).collect::<Vec<R>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    })
 }
 
 /// What a queued message costs in memory, roughly: its payload, or a small
