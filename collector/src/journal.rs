@@ -261,26 +261,38 @@ impl Journal {
         path: &str,
         sha256: &Sha256,
     ) -> Result<Option<String>, JournalError> {
-        self.lock()
-            .query_row(
+        Ok(self.lookup_all(&[(station, path, sha256)])?.pop().flatten())
+    }
+
+    /// [`Journal::lookup`] for each of `keys` (station, path, content),
+    /// under one lock: a batch asks for all its files at once. (The
+    /// statement is cached: preparing it for every file showed in the
+    /// collector's profile.)
+    pub fn lookup_all(
+        &self,
+        keys: &[(&str, &str, &Sha256)],
+    ) -> Result<Vec<Option<String>>, JournalError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
                 "SELECT stored_as FROM stored WHERE station = ?1 AND path = ?2 AND sha256 = ?3",
-                params![station, path, &sha256[..]],
-                |r| r.get(0),
             )
-            .optional()
-            .map_err(self.err())
+            .map_err(self.err())?;
+        keys.iter()
+            .map(|(station, path, sha256)| {
+                stmt.query_row(params![station, path, &sha256[..]], |r| r.get(0))
+                    .optional()
+                    .map_err(self.err())
+            })
+            .collect()
     }
 
     /// The content hash of a stored name, if the index knows it.
     pub fn content_of(&self, stored_as: &str) -> Result<Option<Sha256>, JournalError> {
         let blob: Option<Vec<u8>> = self
             .lock()
-            .query_row(
-                "SELECT sha256 FROM stored WHERE stored_as = ?1",
-                params![stored_as],
-                |r| r.get(0),
-            )
-            .optional()
+            .prepare_cached("SELECT sha256 FROM stored WHERE stored_as = ?1")
+            .and_then(|mut stmt| stmt.query_row(params![stored_as], |r| r.get(0)).optional())
             .map_err(self.err())?;
         Ok(blob.and_then(|b| b.try_into().ok()))
     }

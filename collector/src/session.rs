@@ -717,13 +717,26 @@ fn place_batch(
         .zip(repository.sync_parents(&files))
         .filter_map(|(dir, r)| r.err().map(|e| (*dir, e)))
         .collect();
+    // What the journal already holds, asked for the whole batch at once.
+    let names: Vec<(String, String)> = placed
+        .iter()
+        .map(|(_, staged, ..)| (staged.key.station.to_string(), staged.key.catalog_path()))
+        .collect();
+    let keys: Vec<(&str, &str, &Sha256)> = placed
+        .iter()
+        .zip(&names)
+        .map(|((_, _, sha256, _), (station, path))| (station.as_str(), path.as_str(), sha256))
+        .collect();
+    let known_all = journal
+        .lookup_all(&keys)
+        .unwrap_or_else(|_| vec![None; keys.len()]);
     let mut results = Vec::new();
     let mut records = Vec::new();
     let mut done = Vec::new();
-    for (id, staged, sha256, placement) in &placed {
+    for (((id, staged, sha256, placement), (station, catalog_path)), known) in
+        placed.iter().zip(names).zip(known_all)
+    {
         let (id, sha256) = (*id, *sha256);
-        let catalog_path = staged.key.catalog_path();
-        let station = staged.key.station.to_string();
         let placement = match placement {
             Ok(p) => match dir_errors.get(parent_of(p.stored_as())) {
                 Some(e) => Err(e),
@@ -734,10 +747,6 @@ fn place_batch(
         match placement {
             Ok(Placement::Stored { stored_as }) | Ok(Placement::AlreadyThere { stored_as }) => {
                 let stored_as = stored_as.clone();
-                let known = journal
-                    .lookup(&station, &catalog_path, &sha256)
-                    .ok()
-                    .flatten();
                 if known.is_none() {
                     records.push((
                         id,
