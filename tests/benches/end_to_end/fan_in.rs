@@ -33,6 +33,8 @@ struct Round {
     /// and the collector.
     agents_cpu: f64,
     collector_cpu: f64,
+    /// The collector's peak RSS, bytes.
+    collector_rss: u64,
     fastest: f64,
     /// The 10th percentile: how the fastest station compares with the
     /// early few rather than with one.
@@ -69,7 +71,7 @@ pub fn run(bins: &Binaries, pki: &TestPki, options: &Options) -> Result<String> 
         (lo.min(*r), hi.max(*r))
     });
     Ok(format!(
-        "Fan-in, {stations} stations × {FILES} files of {} KiB at once (all released within {:.0} ms), {} rounds (medians): {:.0} files/s ({:.0} MB/s); per station, from its files' arrival to its last row in both catalogs: fastest {:.2} s, 10th percentile {:.2} s, median {:.2} s, slowest {:.2} s; slowest/fastest rate {:.2} (rounds {low:.2}–{high:.2}); CPU s: agents {:.2}, collector {:.2}",
+        "Fan-in, {stations} stations × {FILES} files of {} KiB at once (all released within {:.0} ms), {} rounds (medians): {:.0} files/s ({:.0} MB/s); per station, from its files' arrival to its last row in both catalogs: fastest {:.2} s, 10th percentile {:.2} s, median {:.2} s, slowest {:.2} s; slowest/fastest rate {:.2} (rounds {low:.2}–{high:.2}); CPU s: agents {:.2}, collector {:.2}; collector peak RSS {:.1} MiB",
         SIZE >> 10,
         m(|r| r.release_ms),
         rounds.len(),
@@ -82,6 +84,7 @@ pub fn run(bins: &Binaries, pki: &TestPki, options: &Options) -> Result<String> 
         median(&ratios),
         m(|r| r.agents_cpu),
         m(|r| r.collector_cpu),
+        rounds.iter().map(|r| r.collector_rss).max().unwrap_or(0) as f64 / (1 << 20) as f64,
     ))
 }
 
@@ -168,6 +171,7 @@ fn one_round(
     }
     let total = first.elapsed().as_secs_f64();
     let cpu_after = cpu(&agents, &collector)?;
+    let collector_rss = stats::peak_rss(collector.process.child.id())?;
     for (_, agent) in agents {
         agent.stop()?;
     }
@@ -184,6 +188,7 @@ fn one_round(
         release_ms: spread.as_secs_f64() * 1e3,
         agents_cpu: cpu_after.0 - cpu_before.0,
         collector_cpu: cpu_after.1 - cpu_before.1,
+        collector_rss,
         fastest: times.iter().copied().fold(f64::INFINITY, f64::min),
         p10: stats::percentile(&times, 10.0),
         median: median(&times),
