@@ -713,10 +713,13 @@ async fn send_due(
         }
         // Linger for a fuller batch, until `linger` after its first file
         // became due (the time spent above on HALT_FLAG and DUE_BACKUP
-        // counts: a batch is not held back longer for it).
+        // counts: a batch is not held back longer for it). A batch already
+        // full, by count or by bytes, goes at once.
         let first = due.iter().map(|d| d.due_since).min().unwrap_or(now);
         let waited = now.duration_since(first).unwrap_or_default();
-        if due.len() < settings.batch.max_files && waited < settings.batch.linger {
+        let due_bytes: u64 = due.iter().map(|d| d.identity.size).sum();
+        let full = due.len() >= settings.batch.max_files || due_bytes >= settings.batch.max_bytes;
+        if !full && waited < settings.batch.linger {
             // Waiting for the batch in flight is lingering enough.
             if let Some(previous) = in_flight.take() {
                 finish_pending(previous, &mut link, &mut flow, &context).await;

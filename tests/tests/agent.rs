@@ -69,6 +69,37 @@ async fn files_written_slowly_are_sent_once_whole_after_they_close() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_full_by_bytes_goes_at_once_and_a_small_one_lingers() {
+    ferry_tests::init_logging();
+    let pki = TestPki::new().unwrap();
+    let mut collector = TestCollector::new(&pki, "").unwrap();
+    let endpoint = collector.start().await.unwrap();
+    let mut agent = TestAgent::new(&pki, "s1", &endpoint, "").unwrap();
+    // A linger far longer than the test waits, and a 1 MiB batch.
+    let text = std::fs::read_to_string(&agent.config_path)
+        .unwrap()
+        .replace("max_bytes = 67108864", "max_bytes = 1048576")
+        .replace("linger_ms = 50", "linger_ms = 600000");
+    std::fs::write(&agent.config_path, text).unwrap();
+    agent.start().unwrap();
+
+    // One file over max_bytes fills a batch by itself: no lingering.
+    std::fs::write(agent.root.join("big.bin"), vec![7u8; 2 << 20]).unwrap();
+    stored(&collector, "s1", 1).await;
+
+    // A small file alone lingers (the linger is really in force).
+    std::fs::write(agent.root.join("small.bin"), b"small").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        tree(&collector.repository().join("s1/data")),
+        vec![std::path::PathBuf::from("big.bin")],
+        "the small file did not wait for its linger"
+    );
+    agent.stop().unwrap();
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_made_while_the_agent_was_down_are_sent_and_changed_files_again() {
     ferry_tests::init_logging();
     let pki = TestPki::new().unwrap();
