@@ -16,6 +16,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
+use ferry_common::codec::ChunkFrame;
 use ferry_common::link::{ClientLink, LinkError};
 use ferry_common::protocol::*;
 
@@ -301,25 +302,20 @@ async fn stream_file(
         let _ = reader.seek(SeekFrom::Start(offset));
     }
     while position < file.size {
-        let want = (file.size - position).min(chunk as u64);
-        // Each chunk is read into its own buffer, which becomes the frame's
-        // payload: no zeroing of a buffer sized for the largest chunk, no
-        // copy out of it.
-        let mut data = Vec::with_capacity(want as usize);
-        let read = tokio::task::block_in_place(|| (&mut reader).take(want).read_to_end(&mut data));
+        let want = (file.size - position).min(chunk as u64) as usize;
+        // Each chunk is read straight into its own frame, behind the frame's
+        // header: no zeroing of a buffer sized for the largest chunk, no
+        // copy into a frame.
+        let mut frame = ChunkFrame::new(batch, id, position, want)
+            .map_err(|e| SendError::Protocol(e.to_string()))?;
+        let read = tokio::task::block_in_place(|| frame.read_from(&mut reader));
         let n = read.unwrap_or(0);
         if n == 0 {
             break;
         }
-        hash.update(&data);
+        hash.update(frame.data());
         wait_for_credit(link, flow, n as u64, window).await?;
-        link.send(Message::Chunk(Chunk {
-            batch,
-            file: id,
-            offset: position,
-            data,
-        }))
-        .await?;
+        link.send_chunk(frame).await?;
         flow.sent += n as u64;
         *sent += n as u64;
         position += n as u64;

@@ -81,7 +81,7 @@ pub struct ClientLink {
     pub welcome: Welcome,
     /// The collector address this session reached.
     pub addr: String,
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Outgoing>,
     rx: mpsc::Receiver<Message>,
     ended: watch::Receiver<Option<String>>,
     /// The task owning the socket; taken by [`ClientLink::close`].
@@ -99,15 +99,23 @@ impl Drop for ClientLink {
 /// The sending side of a [`ClientLink`], for a task that only sends.
 #[derive(Debug, Clone)]
 pub struct ClientSender {
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Outgoing>,
     ended: watch::Receiver<Option<String>>,
+}
+
+/// What a client link's task sends: a message to encode, or a chunk frame
+/// the sender built in place.
+#[derive(Debug)]
+enum Outgoing {
+    Message(Message),
+    Frame(Vec<u8>),
 }
 
 impl ClientSender {
     /// Queues `message`; waits while the link's queue is full.
     pub async fn send(&self, message: Message) -> Result<(), LinkError> {
         self.tx
-            .send(message)
+            .send(Outgoing::Message(message))
             .await
             .map_err(|_| LinkError::Closed(end_reason(&self.ended)))
     }
@@ -255,8 +263,18 @@ impl ClientLink {
 
     /// Queues `message` for the collector.
     pub async fn send(&self, message: Message) -> Result<(), LinkError> {
+        self.send_outgoing(Outgoing::Message(message)).await
+    }
+
+    /// Queues a chunk frame built in place ([`codec::ChunkFrame`]).
+    pub async fn send_chunk(&self, frame: codec::ChunkFrame) -> Result<(), LinkError> {
+        self.send_outgoing(Outgoing::Frame(frame.into_bytes()?))
+            .await
+    }
+
+    async fn send_outgoing(&self, outgoing: Outgoing) -> Result<(), LinkError> {
         self.tx
-            .send(message)
+            .send(outgoing)
             .await
             .map_err(|_| LinkError::Closed(end_reason(&self.ended)))
     }
@@ -300,7 +318,7 @@ fn decode_single(message: ZmqMessage) -> Result<Frame, CodecError> {
 async fn client_task(
     dealer: zeromq::DealerSocket,
     tunnel: Tunnel,
-    mut outgoing: mpsc::Receiver<Message>,
+    mut outgoing: mpsc::Receiver<Outgoing>,
     incoming: mpsc::Sender<Message>,
     heartbeat: Duration,
 ) -> String {
@@ -314,7 +332,7 @@ async fn client_task(
 async fn client_loop(
     dealer: zeromq::DealerSocket,
     tunnel: &Tunnel,
-    outgoing: &mut mpsc::Receiver<Message>,
+    outgoing: &mut mpsc::Receiver<Outgoing>,
     incoming: mpsc::Sender<Message>,
     heartbeat: Duration,
 ) -> String {
@@ -326,10 +344,13 @@ async fn client_loop(
     loop {
         tokio::select! {
             out = outgoing.recv() => {
-                let Some(message) = out else { return "closed by the agent".into() };
-                let bytes = match codec::encode(&message) {
-                    Ok(bytes) => bytes,
-                    Err(e) => return format!("cannot encode {message:?}: {e}"),
+                let bytes = match out {
+                    None => return "closed by the agent".into(),
+                    Some(Outgoing::Frame(bytes)) => bytes,
+                    Some(Outgoing::Message(message)) => match codec::encode(&message) {
+                        Ok(bytes) => bytes,
+                        Err(e) => return format!("cannot encode {message:?}: {e}"),
+                    },
                 };
                 if let Err(e) = send_half.send(ZmqMessage::from(bytes)).await {
                     return format!("send failed: {e}");
