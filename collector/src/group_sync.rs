@@ -16,6 +16,25 @@ use std::io;
 use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
+/// Whether `syncfs` reports write errors on the running kernel: only since
+/// Linux 5.8 (before, it returned success even when writeback had failed,
+/// so it cannot stand in for each file's own fsync). `release` is
+/// `/proc/sys/kernel/osrelease`; anything unreadable counts as no.
+pub fn syncfs_reports_errors(release: &str) -> bool {
+    let mut parts = release.trim().split(['.', '-']);
+    let number = |part: Option<&str>| part.and_then(|p| p.parse::<u32>().ok());
+    match (number(parts.next()), number(parts.next())) {
+        (Some(major), Some(minor)) => (major, minor) >= (5, 8),
+        _ => false,
+    }
+}
+
+/// [`syncfs_reports_errors`] for this machine.
+pub fn kernel_syncfs_reports_errors() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .is_ok_and(|release| syncfs_reports_errors(&release))
+}
+
 /// Flushes one filesystem, coalescing concurrent requests.
 pub struct GroupSync {
     flush: Box<dyn Fn() -> io::Result<()> + Send + Sync>,
@@ -164,6 +183,23 @@ mod tests {
         let error = sync.sync().unwrap_err();
         assert!(error.to_string().contains("device gone"), "{error}");
         sync.sync().unwrap();
+    }
+
+    #[test]
+    fn syncfs_stands_in_for_fsync_only_from_linux_5_8() {
+        for (release, reports) in [
+            ("6.1.0-28-amd64", true),
+            ("5.8.0", true),
+            ("5.15.0-91-generic", true),
+            ("10.0", true),
+            ("5.7.19", false),
+            ("4.18.0-553.el8_10.x86_64", false),
+            ("3.10.0-1160.el7.x86_64", false),
+            ("", false),
+            ("garbage", false),
+        ] {
+            assert_eq!(syncfs_reports_errors(release), reports, "{release:?}");
+        }
     }
 
     #[test]

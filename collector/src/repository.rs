@@ -13,11 +13,12 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferry_common::protocol::Sha256;
 use ferry_common::station::StationId;
 
-use crate::group_sync::GroupSync;
+use crate::group_sync::{self, GroupSync};
 
 /// Longest relative path accepted, in bytes.
 pub const MAX_PATH: usize = 4096;
@@ -156,6 +157,10 @@ pub struct Repository {
     /// Group commits of the staging area's and the root's filesystems.
     staging_sync: Arc<GroupSync>,
     root_sync: Arc<GroupSync>,
+    /// Set where `syncfs` cannot stand in for each file's fsync (a kernel
+    /// before 5.8, or `syncfs` refused): then every file and directory is
+    /// fsynced on its own.
+    file_by_file: Arc<AtomicBool>,
 }
 
 /// A file being received: its staging file, open for appending, and the hash
@@ -203,11 +208,18 @@ impl Repository {
                 .map_err(io_err("open", dir))
                 .map(Arc::new)
         };
+        let file_by_file = !group_sync::kernel_syncfs_reports_errors();
+        if file_by_file {
+            tracing::info!(
+                "this kernel's syncfs does not report write errors (before Linux 5.8): stored files are fsynced one by one"
+            );
+        }
         Ok(Self {
             root: root.to_owned(),
             staging: staging.to_owned(),
             staging_sync: group_sync(staging)?,
             root_sync: group_sync(root)?,
+            file_by_file: Arc::new(AtomicBool::new(file_by_file)),
         })
     }
 
@@ -342,27 +354,48 @@ impl Repository {
 
     /// Makes the content of `staged` files durable with one group `syncfs`
     /// of the staging filesystem (shared with other batches syncing at the
-    /// same time). If that fails, each file is fsynced on its own, so each
-    /// gets its own result (one full disk need not fail them all).
+    /// same time). If that fails, or `syncfs` is not in use, each file is
+    /// fsynced on its own, so each gets its own result (one full disk need
+    /// not fail them all).
     pub fn sync_staged(&self, staged: &[&Staged]) -> Vec<Result<(), RepositoryError>> {
-        match self.staging_sync.sync() {
-            Ok(()) => staged.iter().map(|_| Ok(())).collect(),
-            Err(error) => {
-                tracing::warn!(%error, "syncfs of the staging area failed; syncing file by file");
-                staged.iter().map(|s| s.sync()).collect()
-            }
+        if self.group_commit(&self.staging_sync) {
+            return staged.iter().map(|_| Ok(())).collect();
         }
+        in_parallel(staged, |s| s.sync())
     }
 
     /// Makes the links made for `stored` (paths relative to the root)
-    /// durable with one group `syncfs` of the repository's filesystem; if
-    /// that fails, each path's directory is fsynced on its own.
+    /// durable with one group `syncfs` of the repository's filesystem, or
+    /// else by fsyncing each path's directory.
     pub fn sync_parents(&self, stored: &[&str]) -> Vec<Result<(), RepositoryError>> {
-        match self.root_sync.sync() {
-            Ok(()) => stored.iter().map(|_| Ok(())).collect(),
+        if self.group_commit(&self.root_sync) {
+            return stored.iter().map(|_| Ok(())).collect();
+        }
+        in_parallel(stored, |s| self.sync_parent(s))
+    }
+
+    /// One group `syncfs` round; false if the caller must fsync file by
+    /// file instead. A `syncfs` refused outright (a seccomp filter, an
+    /// unsupported filesystem) is not tried again.
+    fn group_commit(&self, sync: &GroupSync) -> bool {
+        if self.file_by_file.load(Ordering::Relaxed) {
+            return false;
+        }
+        match sync.sync() {
+            Ok(()) => true,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported
+                ) =>
+            {
+                self.file_by_file.store(true, Ordering::Relaxed);
+                tracing::warn!(%error, "syncfs refused; stored files are fsynced one by one from now on");
+                false
+            }
             Err(error) => {
-                tracing::warn!(%error, "syncfs of the repository failed; syncing directory by directory");
-                stored.iter().map(|s| self.sync_parent(s)).collect()
+                tracing::warn!(%error, "syncfs failed; syncing file by file");
+                false
             }
         }
     }
@@ -481,6 +514,29 @@ impl Staged {
     pub fn sync(&self) -> Result<(), RepositoryError> {
         self.file.sync_data().map_err(io_err("fsync", &self.path))
     }
+}
+
+/// Runs `f` on every item, on up to eight threads at once, and returns the
+/// results in order. Fsyncs issued together let the filesystem group them.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    const THREADS: usize = 8;
+    if items.len() <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let per_thread = items.len().div_ceil(THREADS);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(per_thread)
+            .map(|part| scope.spawn(|| part.iter().map(&f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }
 
 fn sync_dir(dir: &Path) -> Result<(), RepositoryError> {
@@ -624,6 +680,29 @@ mod tests {
             data
         );
         assert_eq!(repo.staged_len(&k), 0);
+    }
+
+    #[test]
+    fn file_by_file_syncing_gives_each_path_its_own_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open(&dir.path().join("repo"), &dir.path().join("staging")).unwrap();
+        std::fs::create_dir_all(dir.path().join("repo/s1/a")).unwrap();
+        let paths = ["s1/a/x.bin", "s1/gone/y.bin", "s1/a/z.bin"];
+        // A group syncfs covers the whole filesystem: one result for all.
+        repo.file_by_file.store(false, Ordering::Relaxed);
+        assert!(repo.sync_parents(&paths).iter().all(Result::is_ok));
+        // File by file, only the path whose directory is missing fails.
+        repo.file_by_file.store(true, Ordering::Relaxed);
+        let results = repo.sync_parents(&paths);
+        assert_eq!(results.len(), 3);
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(results[1].is_err(), "{results:?}");
+
+        let k = key("b.bin", 4);
+        let mut staged = repo.stage(k).unwrap();
+        staged.write(0, b"data").unwrap();
+        assert_eq!(repo.sync_staged(&[&staged]).len(), 1);
+        assert!(repo.sync_staged(&[&staged])[0].is_ok());
     }
 
     #[test]
