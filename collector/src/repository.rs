@@ -103,6 +103,10 @@ pub enum RepositoryError {
         path: PathBuf,
         source: io::Error,
     },
+    #[error(
+        "the repository {root} and the staging area {staging} are on different filesystems: staged files are hard-linked into the repository, so `repository` and `state_dir` must be on one filesystem"
+    )]
+    SplitFilesystems { root: PathBuf, staging: PathBuf },
     #[error("chunk at offset {offset} for {path} but {expected} bytes are staged")]
     OutOfOrder {
         path: PathBuf,
@@ -202,6 +206,17 @@ impl Repository {
     pub fn open(root: &Path, staging: &Path) -> Result<Self, RepositoryError> {
         for dir in [root, staging] {
             std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        }
+        let device = |dir: &Path| {
+            std::fs::metadata(dir)
+                .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+                .map_err(io_err("stat", dir))
+        };
+        if device(root)? != device(staging)? {
+            return Err(RepositoryError::SplitFilesystems {
+                root: root.to_owned(),
+                staging: staging.to_owned(),
+            });
         }
         let group_sync = |dir: &Path| {
             GroupSync::filesystem_of(dir)
@@ -680,6 +695,26 @@ mod tests {
             data
         );
         assert_eq!(repo.staged_len(&k), 0);
+    }
+
+    #[test]
+    fn a_staging_area_on_another_filesystem_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        // /dev/shm is a tmpfs of its own on Linux.
+        let other = tempfile::tempdir_in("/dev/shm").unwrap();
+        let device = |p: &Path| std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(p).unwrap());
+        assert_ne!(
+            device(dir.path()),
+            device(other.path()),
+            "the test needs /dev/shm on a filesystem other than the temp dir's"
+        );
+        let error =
+            Repository::open(&dir.path().join("repo"), &other.path().join("staging")).unwrap_err();
+        assert!(
+            matches!(error, RepositoryError::SplitFilesystems { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("state_dir"), "{error}");
     }
 
     #[test]
