@@ -613,6 +613,19 @@ async fn send_due(
             if let Some(h) = held.take() {
                 let _ = h.lower();
             }
+            // A session that ended while idle (the collector restarted or
+            // went away) shows in the status and metrics now, not with the
+            // next file, and is dialled again below.
+            if let Some(reason) = link.as_ref().and_then(ClientLink::ended) {
+                warn!(%reason, "session with the collector ended while idle; reconnecting");
+                metrics.error(ErrorKind::Link);
+                metrics.set_connected(false);
+                let mut state = status::read(&state_path);
+                state.connected = false;
+                state.last_error = Some(reason);
+                status::write(&state_path, &state);
+                link = None;
+            }
             // Connected while idle too: a wrong certificate or endpoint
             // shows at start rather than with the first file, and the
             // first files after a quiet spell do not wait for a handshake.

@@ -279,6 +279,13 @@ impl ClientLink {
             .map_err(|_| LinkError::Closed(end_reason(&self.ended)))
     }
 
+    /// Why the session ended (the collector closed it or went silent, the
+    /// connection broke), once it has; `None` while it is open. Lets an
+    /// idle holder notice without sending.
+    pub fn ended(&self) -> Option<String> {
+        self.ended.borrow().clone()
+    }
+
     /// A handle for sending from another task.
     pub fn sender(&self) -> ClientSender {
         ClientSender {

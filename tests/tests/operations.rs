@@ -86,7 +86,7 @@ fn agent_metrics_extra(port: SocketAddr, textfile: Option<&Path>) -> String {
 async fn an_agent_with_nothing_to_send_connects_at_start_or_says_why_not() {
     ferry_tests::init_logging();
     let pki = TestPki::new().unwrap();
-    let (_collector, endpoint, status, _) = collector_with_metrics(&pki).await;
+    let (mut collector, endpoint, status, _) = collector_with_metrics(&pki).await;
     let idle_port = process::free_port().unwrap();
     let mut idle =
         TestAgent::new(&pki, "s1", &endpoint, &agent_metrics_extra(idle_port, None)).unwrap();
@@ -105,6 +105,34 @@ async fn an_agent_with_nothing_to_send_connects_at_start_or_says_why_not() {
     })
     .await;
     assert_eq!(v[1], 0.0, "nothing was due");
+
+    // The collector goes away and comes back: the idle agent notices both,
+    // with no file to send.
+    collector.stop().await;
+    until("the idle agent sees its session end", || async {
+        let v = scrape(
+            idle_port,
+            &[
+                "ferry_agent_connected",
+                "ferry_agent_errors_total{kind=\"link\"}",
+            ],
+        )
+        .await?;
+        (v[0] == 0.0 && v[1] >= 1.0)
+            .then_some(())
+            .ok_or(format!("{v:?}"))
+    })
+    .await;
+    collector.start().await.unwrap();
+    let status = collector.http_addr().expect("the status endpoint is on");
+    until("the idle agent is connected again", || async {
+        let agent = scrape(idle_port, &["ferry_agent_connected"]).await?;
+        let sessions = scrape(status, &["ferry_collector_sessions"]).await?;
+        (agent[0] == 1.0 && sessions[0] == 1.0)
+            .then_some(())
+            .ok_or(format!("agent {agent:?}, collector sessions {sessions:?}"))
+    })
+    .await;
 
     // An agent whose collector is not there says so before any file
     // appears, and keeps trying.
