@@ -173,6 +173,7 @@ pub async fn start(settings: Settings) -> Result<Collector, StartError> {
         appliers.clone(),
         metrics.clone(),
         settings.repository.clone(),
+        link.connections(),
     );
     let repository_root = repository.root().to_owned();
     let shared = Arc::new(session::Shared {

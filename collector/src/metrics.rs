@@ -129,6 +129,8 @@ pub struct Readings {
     /// Free bytes of the repository's filesystem available to the
     /// collector, if known.
     pub repository_free: Option<u64>,
+    /// Station connections the listener refused (TLS or ZMTP handshake).
+    pub connections_refused: u64,
 }
 
 /// The exposition text.
@@ -175,6 +177,11 @@ pub fn render(m: &Metrics, readings: &Readings) -> String {
         "ferry_collector_sessions_total",
         "Station sessions opened",
         load(&m.sessions_total),
+    );
+    e.counter(
+        "ferry_collector_connections_refused_total",
+        "Station connections refused at the TLS or ZMTP handshake (wrong, unknown or revoked certificate, another station's identity, too slow)",
+        readings.connections_refused,
     );
     e.family(
         "ferry_collector_errors_total",
@@ -239,6 +246,7 @@ mod tests {
                 },
             ],
             repository_free: Some(1 << 30),
+            connections_refused: 3,
         };
         let text = render(&m, &readings);
         let samples = ferry_common::metrics::parse(&text).unwrap();
@@ -250,6 +258,7 @@ mod tests {
         assert_eq!(value("ferry_collector_bytes_stored_total"), 300.0);
         assert_eq!(value("ferry_collector_sessions"), 1.0);
         assert_eq!(value("ferry_collector_sessions_total"), 1.0);
+        assert_eq!(value("ferry_collector_connections_refused_total"), 3.0);
         assert_eq!(
             value("ferry_collector_errors_total{kind=\"disk_full\"}"),
             2.0

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use ferry_common::bridge::Connections;
 use ferry_common::http::Response;
 use ferry_common::json;
 use ferry_common::station::StationId;
@@ -31,6 +32,8 @@ pub struct Monitor {
     metrics: Arc<Metrics>,
     /// The repository root, whose filesystem's free space is reported.
     repository: PathBuf,
+    /// The station listener's connections (for the refusals).
+    connections: Connections,
 }
 
 impl Monitor {
@@ -39,12 +42,14 @@ impl Monitor {
         appliers: Vec<watch::Receiver<ApplierState>>,
         metrics: Arc<Metrics>,
         repository: PathBuf,
+        connections: Connections,
     ) -> Arc<Self> {
         Arc::new(Self {
             journal,
             appliers,
             metrics,
             repository,
+            connections,
         })
     }
 
@@ -81,6 +86,7 @@ impl Monitor {
         Readings {
             catalogs: self.catalogs(),
             repository_free,
+            connections_refused: self.connections.refused(),
         }
     }
 

@@ -166,13 +166,27 @@ pub struct GatewayConfig {
     pub revoked: HashSet<String>,
 }
 
-/// The live bridge connections of a gateway, by ZMQ identity.
+/// The live bridge connections of a gateway, by ZMQ identity, and a count
+/// of the connections it refused.
 #[derive(Debug, Clone, Default)]
 pub struct Connections {
     inner: Arc<Mutex<HashMap<Vec<u8>, Arc<Notify>>>>,
+    refused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Connections {
+    /// Connections refused since start: a TLS handshake that failed (a
+    /// wrong or revoked certificate, not TLS at all) or took too long, or a
+    /// ZMTP handshake that claimed another identity or took too long.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_refusal(&self) {
+        self.refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Ends the connection carrying `identity`, if there is one.
     pub fn disconnect(&self, identity: &[u8]) -> bool {
         let found = self.lock().get(identity).cloned();
@@ -250,10 +264,12 @@ async fn admit(
     let (tls, station) = match accepted {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(error)) => {
+            connections.count_refusal();
             warn!(%error, "station refused");
             return;
         }
         Err(_) => {
+            connections.count_refusal();
             warn!(timeout = ?config.handshake_timeout, "station refused: TLS handshake too slow");
             return;
         }
@@ -285,10 +301,12 @@ async fn admit(
         let handshake = match checked {
             Ok(Ok(handshake)) => handshake,
             Ok(Err(error)) => {
+                connections.count_refusal();
                 warn!(%error, "station refused");
                 return;
             }
             Err(_) => {
+                connections.count_refusal();
                 warn!(timeout = ?config.handshake_timeout, "station refused: zmtp handshake too slow");
                 return;
             }

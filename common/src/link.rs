@@ -575,6 +575,13 @@ impl ServerLink {
         self.connections.contains(identity)
     }
 
+    /// The gateway's connections (a handle that stays valid after the link
+    /// is handed to the task serving it): who is connected, how many were
+    /// refused.
+    pub fn connections(&self) -> Connections {
+        self.connections.clone()
+    }
+
     /// Stations connected now.
     pub fn connected(&self) -> usize {
         self.connections.len()

@@ -211,12 +211,24 @@ async fn a_revoked_station_is_refused_by_id_or_fingerprint() {
     let fingerprint = ferry_common::pki::inspect_pem(&pem)
         .unwrap()
         .sha256_fingerprint;
+    let metrics_port = ferry_tests::process::free_port().unwrap();
+    collector
+        .append_config(&format!("[metrics]\nlisten = \"{metrics_port}\""))
+        .unwrap();
     collector.settings.revoked = ["banned".to_owned(), fingerprint].into_iter().collect();
     let endpoint = collector.start().await.unwrap();
+    let refusals = || async {
+        let samples = ferry_tests::http::metrics(metrics_port).await.unwrap();
+        ferry_tests::http::value(&samples, "ferry_collector_connections_refused_total")
+    };
+    assert_eq!(refusals().await, Some(0.0));
     for station in ["banned", "stolen"] {
         let refused = ferry_tests::station::connect(&pki, station, &endpoint).await;
         assert!(refused.is_err(), "{station} was admitted");
     }
+    // Both refusals are counted (the bridge counts as it refuses, before
+    // the client has its error).
+    assert_eq!(refusals().await, Some(2.0));
     let mut good = ferry_tests::station::connect(&pki, "good", &endpoint)
         .await
         .unwrap();
@@ -227,5 +239,6 @@ async fn a_revoked_station_is_refused_by_id_or_fingerprint() {
         good.recv().await.unwrap(),
         Message::StatusReply(_)
     ));
+    assert_eq!(refusals().await, Some(2.0), "an admitted station counted");
     collector.stop().await;
 }
