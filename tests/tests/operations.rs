@@ -91,8 +91,9 @@ async fn an_agent_with_nothing_to_send_connects_at_start_or_says_why_not() {
     let mut idle =
         TestAgent::new(&pki, "s1", &endpoint, &agent_metrics_extra(idle_port, None)).unwrap();
     idle.start().unwrap();
-    // Nothing is due, yet the agent holds a session with the collector.
-    let v = until("the idle agent is connected", || async {
+    // The agent's due files once it says it is connected and the collector
+    // counts its session.
+    let connected = |status: SocketAddr| async move {
         let agent = scrape(
             idle_port,
             &["ferry_agent_connected", "ferry_agent_due_files"],
@@ -100,11 +101,12 @@ async fn an_agent_with_nothing_to_send_connects_at_start_or_says_why_not() {
         .await?;
         let sessions = scrape(status, &["ferry_collector_sessions"]).await?;
         (agent[0] == 1.0 && sessions[0] == 1.0)
-            .then_some(agent.clone())
+            .then_some(agent[1])
             .ok_or(format!("agent {agent:?}, collector sessions {sessions:?}"))
-    })
-    .await;
-    assert_eq!(v[1], 0.0, "nothing was due");
+    };
+    // Nothing is due, yet the agent holds a session with the collector.
+    let due = until("the idle agent is connected", || connected(status)).await;
+    assert_eq!(due, 0.0, "nothing was due");
 
     // The collector goes away and comes back: the idle agent notices both,
     // with no file to send.
@@ -125,14 +127,7 @@ async fn an_agent_with_nothing_to_send_connects_at_start_or_says_why_not() {
     .await;
     collector.start().await.unwrap();
     let status = collector.http_addr().expect("the status endpoint is on");
-    until("the idle agent is connected again", || async {
-        let agent = scrape(idle_port, &["ferry_agent_connected"]).await?;
-        let sessions = scrape(status, &["ferry_collector_sessions"]).await?;
-        (agent[0] == 1.0 && sessions[0] == 1.0)
-            .then_some(())
-            .ok_or(format!("agent {agent:?}, collector sessions {sessions:?}"))
-    })
-    .await;
+    until("the idle agent is connected again", || connected(status)).await;
 
     // An agent whose collector is not there says so before any file
     // appears, and keeps trying.
