@@ -48,6 +48,16 @@ async fn scrape(addr: SocketAddr, series: &[&str]) -> Result<Vec<f64>, String> {
         .collect()
 }
 
+/// Ok once the agent at `port` says it is not connected and has counted at
+/// least `errors` errors of `kind`.
+async fn disconnected(port: SocketAddr, kind: &str, errors: f64) -> Result<(), String> {
+    let counted = format!("ferry_agent_errors_total{{kind=\"{kind}\"}}");
+    let v = scrape(port, &["ferry_agent_connected", &counted]).await?;
+    (v[0] == 0.0 && v[1] >= errors)
+        .then_some(())
+        .ok_or(format!("{v:?}"))
+}
+
 /// Files of known sizes under the agent's root; their count and bytes.
 fn write_files(agent: &TestAgent, prefix: &str, n: usize) -> (usize, u64) {
     let mut bytes = 0u64;
@@ -111,18 +121,8 @@ async fn an_agent_with_nothing_to_send_connects_at_start_or_says_why_not() {
     // The collector goes away and comes back: the idle agent notices both,
     // with no file to send.
     collector.stop().await;
-    until("the idle agent sees its session end", || async {
-        let v = scrape(
-            idle_port,
-            &[
-                "ferry_agent_connected",
-                "ferry_agent_errors_total{kind=\"link\"}",
-            ],
-        )
-        .await?;
-        (v[0] == 0.0 && v[1] >= 1.0)
-            .then_some(())
-            .ok_or(format!("{v:?}"))
+    until("the idle agent sees its session end", || {
+        disconnected(idle_port, "link", 1.0)
     })
     .await;
     collector.start().await.unwrap();
@@ -136,18 +136,8 @@ async fn an_agent_with_nothing_to_send_connects_at_start_or_says_why_not() {
     let mut lost =
         TestAgent::new(&pki, "s2", &nowhere, &agent_metrics_extra(lost_port, None)).unwrap();
     lost.start().unwrap();
-    until("the unreachable collector is counted", || async {
-        let v = scrape(
-            lost_port,
-            &[
-                "ferry_agent_connected",
-                "ferry_agent_errors_total{kind=\"connect\"}",
-            ],
-        )
-        .await?;
-        (v[0] == 0.0 && v[1] >= 2.0)
-            .then_some(())
-            .ok_or(format!("{v:?}"))
+    until("the unreachable collector is counted", || {
+        disconnected(lost_port, "connect", 2.0)
     })
     .await;
 }
