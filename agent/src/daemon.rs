@@ -618,12 +618,7 @@ async fn send_due(
             // next file, and is dialled again below.
             if let Some(reason) = link.as_ref().and_then(ClientLink::ended) {
                 warn!(%reason, "session with the collector ended while idle; reconnecting");
-                metrics.error(ErrorKind::Link);
-                metrics.set_connected(false);
-                let mut state = status::read(&state_path);
-                state.connected = false;
-                state.last_error = Some(reason);
-                status::write(&state_path, &state);
+                session_lost(reason, &context);
                 link = None;
             }
             // Connected while idle too: a wrong certificate or endpoint
@@ -1003,12 +998,18 @@ fn batch_failed(keys: &[FileKey], context: &Context<'_>) {
 /// Records a broken session: metrics, log, status file. The caller drops
 /// the link.
 fn link_failed(error: &sender::SendError, span: &tracing::Span, context: &Context<'_>) {
+    warn!(parent: span, %error, "batch failed; reconnecting");
+    session_lost(error.to_string(), context);
+}
+
+/// Records a session that is over (a link error, disconnected, `reason` in
+/// the status file). The caller logs it and drops the link.
+fn session_lost(reason: String, context: &Context<'_>) {
     context.metrics.error(ErrorKind::Link);
     context.metrics.set_connected(false);
-    warn!(parent: span, %error, "batch failed; reconnecting");
     let mut state = status::read(context.state_path);
     state.connected = false;
-    state.last_error = Some(error.to_string());
+    state.last_error = Some(reason);
     status::write(context.state_path, &state);
 }
 
