@@ -1147,6 +1147,10 @@ fn finish_acked(settings: &Settings, ledger: &Shared, metrics: &Metrics, restart
 /// the very file that was acknowledged (same size and mtime). Whether it
 /// succeeded (or there was nothing to do).
 fn after_ack(settings: &Settings, acked: &AckedFile, path: &Path) -> bool {
+    if settings.after_ack == AfterAck::Keep {
+        // Nothing to do, so nothing to look at (a stat per file per batch).
+        return true;
+    }
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         // Gone already (moved or deleted before a stop, or by someone else).
         return true;
