@@ -222,6 +222,73 @@ async fn odd_names_travel_and_due_backup_stays_one_path_per_line() {
     collector.stop().await;
 }
 
+/// Acks are recorded beside the streaming of the next batch; none may be
+/// left unrecorded when `HALT_FLAG` comes down. Whenever the flag is seen
+/// lowered (before, during and after a burst of several batches),
+/// `DUE_BACKUP` is the ledger's due set and, with `BACKUP_DONE`, accounts
+/// for every file exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whenever_the_flag_is_lowered_due_backup_and_backup_done_are_exact() {
+    ferry_tests::init_logging();
+    let pki = TestPki::new().unwrap();
+    let mut collector = TestCollector::new(&pki, "").unwrap();
+    let addr = ferry_tests::process::free_port().unwrap();
+    collector.pin_port(addr).unwrap();
+    let mut agent = TestAgent::new(&pki, "s1", &addr.to_string(), "").unwrap();
+    // Four batches of the test config's 100 files.
+    let count = 400;
+    for i in 0..count {
+        agent.write(&format!("burst/{i:03}.bin"), &vec![(i % 251) as u8; 4096]);
+    }
+    agent.start().unwrap();
+    eventually(WAIT, || (agent.due_backup().len() == count).then_some(()))
+        .await
+        .expect("DUE_BACKUP lists the burst while the collector is away");
+    collector.start().await.unwrap();
+
+    let flag = agent.settings.legacy.halt_flag.clone();
+    let done_path = agent.settings.legacy.backup_done.clone();
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut looks = 0;
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ledger still has due files after {WAIT:?} ({looks} looks at a lowered flag)"
+        );
+        if flag.exists() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        let due = agent.due_backup();
+        let done = std::fs::read_to_string(&done_path)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        let ledger_due = agent.ledger().unwrap().due_summary().unwrap().files;
+        if flag.exists() {
+            continue; // raised while looking: not one consistent look
+        }
+        looks += 1;
+        assert_eq!(
+            due.len() as u64,
+            ledger_due,
+            "HALT_FLAG lowered over a DUE_BACKUP that is not the due set"
+        );
+        assert_eq!(
+            due.len() + done,
+            count,
+            "HALT_FLAG lowered with DUE_BACKUP ({}) and BACKUP_DONE ({done}) not accounting for the {count} files",
+            due.len()
+        );
+        if ledger_due == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    stored(&collector, "s1", count).await;
+    agent.stop().unwrap();
+    collector.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_agent_mid_transfer_loses_and_duplicates_nothing() {
     ferry_tests::init_logging();
