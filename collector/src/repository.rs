@@ -8,6 +8,14 @@
 //! path that is taken goes beside it, under a name carrying a short hash of
 //! the content. A staging file survives disconnects and restarts, so a
 //! transfer resumes from the bytes already staged.
+//!
+//! Files of [`DIRECT_MIN`] bytes or more are staged with direct I/O
+//! (`O_DIRECT`): their blocks go from the session's buffer to the device
+//! without passing through the page cache. The collector never reads them
+//! back, and copying into freshly allocated cache pages was most of its CPU
+//! for large files (see BENCHMARKS.md). The last partial block of a file is
+//! written through the page cache, as is everything where the filesystem
+//! refuses direct I/O.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -165,6 +173,9 @@ pub struct Repository {
     /// before 5.8, or `syncfs` refused): then every file and directory is
     /// fsynced on its own.
     file_by_file: Arc<AtomicBool>,
+    /// Cleared once the filesystem refused direct I/O: files are then
+    /// staged through the page cache.
+    direct_io: Arc<AtomicBool>,
 }
 
 /// A file being received: its staging file, open for appending, and the hash
@@ -177,6 +188,63 @@ pub struct Staged {
     hash: ring::digest::Context,
     /// Staged bytes before this offset have been handed to writeback.
     flushed: u64,
+    /// Set while the file is written with direct I/O.
+    direct: Option<Direct>,
+}
+
+/// Staging files this large or larger are written with direct I/O.
+pub const DIRECT_MIN: u64 = 64 << 10;
+
+/// Alignment of direct I/O: buffer address, file offset and length. 4096
+/// covers the logical block size of every common device.
+const ALIGN: usize = 4096;
+
+/// A staging file written past the page cache (`O_DIRECT`). Direct I/O
+/// needs an aligned buffer, offset and length, so each chunk is copied into
+/// an aligned bounce buffer; whole blocks are written at once and only the
+/// bytes of a partial block (a chunk size that is not a multiple of
+/// [`ALIGN`]) wait in memory for the next chunk. The file's length on disk
+/// therefore stays a multiple of [`ALIGN`] until its last block, which is
+/// written through the page cache; a resumed file starts from that length.
+struct Direct {
+    /// The bounce buffer: `buf[start..]` holds the bytes received and hashed
+    /// but not yet written, always fewer than [`ALIGN`] between chunks.
+    buf: Vec<u8>,
+    /// Offset of the first aligned byte of `buf`'s allocation.
+    start: usize,
+    /// The repository's switch, cleared if the filesystem refuses a direct
+    /// write.
+    enabled: Arc<AtomicBool>,
+}
+
+impl Direct {
+    /// Bytes waiting for the rest of their block.
+    fn pending(&self) -> usize {
+        self.buf.len().saturating_sub(self.start)
+    }
+
+    /// Appends `data` behind the waiting bytes, moving them to a larger
+    /// aligned allocation first if needed. The buffer never grows past its
+    /// capacity, so its address, and with it the alignment, stays put.
+    fn append(&mut self, data: &[u8]) {
+        let need = self.pending() + data.len();
+        if self.buf.capacity() - self.start < need {
+            let mut bigger: Vec<u8> = Vec::with_capacity(need + ALIGN);
+            let start = bigger.as_ptr().align_offset(ALIGN);
+            bigger.resize(start, 0);
+            bigger.extend_from_slice(&self.buf[self.start..]);
+            self.buf = bigger;
+            self.start = start;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Drops the first `n` waiting bytes (written), keeping the rest at the
+    /// aligned start.
+    fn consume(&mut self, n: usize) {
+        self.buf.copy_within(self.start + n.., self.start);
+        self.buf.truncate(self.buf.len() - n);
+    }
 }
 
 /// Staged bytes handed to the kernel's writeback at a time: a large file's
@@ -235,6 +303,7 @@ impl Repository {
             staging_sync: group_sync(staging)?,
             root_sync: group_sync(root)?,
             file_by_file: Arc::new(AtomicBool::new(file_by_file)),
+            direct_io: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -286,6 +355,25 @@ impl Repository {
             hash.update(&buf[..n]);
             left = left.saturating_sub(n as u64);
         }
+        // Direct I/O from here on if the file is large enough and what is
+        // staged ends on a block boundary (it does, unless it was staged
+        // through the page cache).
+        let direct = (self.direct_io.load(Ordering::Relaxed)
+            && key.size - len >= DIRECT_MIN
+            && len % ALIGN as u64 == 0)
+            .then(|| set_direct(&file, true))
+            .and_then(|set| match set {
+                Ok(()) => Some(Direct {
+                    buf: Vec::new(),
+                    start: 0,
+                    enabled: self.direct_io.clone(),
+                }),
+                Err(error) => {
+                    self.direct_io.store(false, Ordering::Relaxed);
+                    tracing::warn!(path = %path.display(), %error, "direct I/O refused; staging through the page cache from now on");
+                    None
+                }
+            });
         Ok(Staged {
             key,
             path,
@@ -293,6 +381,7 @@ impl Repository {
             len,
             hash,
             flushed: len,
+            direct,
         })
     }
 
@@ -494,6 +583,9 @@ impl Staged {
                 size: self.key.size,
             });
         }
+        if self.direct.is_some() {
+            return self.write_direct(data, got);
+        }
         if let Err(e) = self.file.write_all(data) {
             // Leave no torn tail: the staged length must match the hash.
             let _ = self.file.set_len(self.len);
@@ -504,6 +596,65 @@ impl Staged {
         if self.len - self.flushed >= WRITEBACK_STEP {
             self.start_writeback();
         }
+        Ok(())
+    }
+
+    /// [`Staged::write`] with direct I/O: the chunk's whole blocks go to
+    /// the device now, the bytes of a partial block wait for the next
+    /// chunk, and the file's last partial block, once it has arrived, goes
+    /// through the page cache. After an error the staged file holds only
+    /// whole blocks that were written and must be staged again (the session
+    /// drops it with the file's failure).
+    fn write_direct(&mut self, data: &[u8], got: u64) -> Result<(), RepositoryError> {
+        let Some(direct) = self.direct.as_mut() else {
+            return Ok(());
+        };
+        let on_disk = self.len - direct.pending() as u64;
+        direct.append(data);
+        let whole = direct.pending() / ALIGN * ALIGN;
+        let mut written = self.file.write_all(&direct.buf[direct.start..][..whole]);
+        if let Err(e) = &written
+            && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
+        {
+            // The filesystem takes no direct I/O after all (alignment or
+            // support): go through the page cache, here and from now on.
+            direct.enabled.store(false, Ordering::Relaxed);
+            tracing::warn!(path = %self.path.display(), error = %e, "direct I/O refused; staging through the page cache from now on");
+            written = self
+                .file
+                .set_len(on_disk)
+                .and_then(|()| set_direct(&self.file, false))
+                .and_then(|()| {
+                    self.file
+                        .write_all(&direct.buf[direct.start..][..direct.pending()])
+                });
+            if written.is_ok() {
+                self.direct = None;
+                self.hash.update(data);
+                self.len = got;
+                return Ok(());
+            }
+        }
+        if let Err(e) = written {
+            let _ = self.file.set_len(on_disk);
+            return Err(io_err("write", &self.path)(e));
+        }
+        direct.consume(whole);
+        if got == self.key.size {
+            // The tail block, through the page cache (direct I/O needs
+            // whole blocks); the buffer goes with the direct state.
+            if direct.pending() > 0 {
+                let tail = set_direct(&self.file, false)
+                    .and_then(|()| self.file.write_all(&direct.buf[direct.start..]));
+                if let Err(e) = tail {
+                    let _ = self.file.set_len(on_disk + whole as u64);
+                    return Err(io_err("write", &self.path)(e));
+                }
+            }
+            self.direct = None;
+        }
+        self.hash.update(data);
+        self.len = got;
         Ok(())
     }
 
@@ -529,6 +680,17 @@ impl Staged {
     pub fn sync(&self) -> Result<(), RepositoryError> {
         self.file.sync_data().map_err(io_err("fsync", &self.path))
     }
+}
+
+/// Switches direct I/O (`O_DIRECT`) on or off for an open file.
+fn set_direct(file: &File, on: bool) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(file)?;
+    let flags = if on {
+        flags | rustix::fs::OFlags::DIRECT
+    } else {
+        flags - rustix::fs::OFlags::DIRECT
+    };
+    rustix::fs::fcntl_setfl(file, flags).map_err(io::Error::from)
 }
 
 /// Runs `f` on every item, on up to eight threads at once, and returns the
@@ -695,6 +857,118 @@ mod tests {
             data
         );
         assert_eq!(repo.staged_len(&k), 0);
+    }
+
+    fn is_direct(staged: &Staged) -> bool {
+        rustix::fs::fcntl_getfl(&staged.file)
+            .unwrap()
+            .contains(rustix::fs::OFlags::DIRECT)
+    }
+
+    #[test]
+    fn a_large_file_is_staged_past_the_page_cache_and_resumes_from_its_last_whole_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open(&dir.path().join("repo"), &dir.path().join("staging")).unwrap();
+        // Not a multiple of the block size, so the file ends in a partial block.
+        let data: Vec<u8> = (0..300_001u32).map(|i| (i * 31 % 251) as u8).collect();
+        let k = key("big.bin", data.len() as u64);
+        let mut staged = repo.stage(k.clone()).unwrap();
+        assert!(
+            is_direct(&staged),
+            "a file of {} bytes is staged with O_DIRECT",
+            data.len()
+        );
+        // Chunks that end mid-block: their partial blocks wait in memory.
+        staged.write(0, &data[..5000]).unwrap();
+        staged.write(5000, &data[5000..70_000]).unwrap();
+        assert_eq!(staged.len(), 70_000);
+        // 17 whole blocks of 4096 bytes are on disk, 368 bytes wait.
+        assert_eq!(std::fs::metadata(&staged.path).unwrap().len(), 69_632);
+        // Cut here: what was held in memory is gone, the whole blocks stay.
+        drop(staged);
+        assert_eq!(repo.staged_len(&k), 69_632);
+
+        let mut staged = repo.stage(k.clone()).unwrap();
+        assert_eq!(staged.len(), 69_632);
+        assert!(is_direct(&staged));
+        staged.write(69_632, &data[69_632..200_000]).unwrap();
+        staged.write(200_000, &data[200_000..]).unwrap();
+        // The last partial block went through the page cache.
+        assert!(!is_direct(&staged));
+        assert_eq!(staged.len(), data.len() as u64);
+        assert_eq!(staged.sha256(), sha(&data));
+        staged.sync().unwrap();
+        let placed = repo.place(&staged, &sha(&data), |_| None).unwrap();
+        repo.discard(staged).unwrap();
+        assert_eq!(
+            std::fs::read(repo.root().join(placed.stored_as())).unwrap(),
+            data
+        );
+    }
+
+    #[test]
+    fn small_files_and_files_resumed_mid_block_go_through_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open(&dir.path().join("repo"), &dir.path().join("staging")).unwrap();
+        let small = repo.stage(key("small.csv", DIRECT_MIN - 1)).unwrap();
+        assert!(!is_direct(&small));
+        // A large file whose staged part ends mid-block (staged through the
+        // page cache before) carries on through it, and arrives whole.
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        let k = key("resumed.bin", data.len() as u64);
+        std::fs::create_dir_all(repo.staging_path(&k).parent().unwrap()).unwrap();
+        std::fs::write(repo.staging_path(&k), &data[..1000]).unwrap();
+        let mut staged = repo.stage(k).unwrap();
+        assert_eq!(staged.len(), 1000);
+        assert!(!is_direct(&staged));
+        staged.write(1000, &data[1000..]).unwrap();
+        assert_eq!(staged.sha256(), sha(&data));
+        assert_eq!(std::fs::read(&staged.path).unwrap(), data);
+    }
+
+    #[test]
+    fn a_full_disk_mid_file_leaves_only_whole_written_blocks_staged() {
+        // A 1 MiB tmpfs: direct writes run out of space part-way.
+        let mount = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(mount.path())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs: this test needs root, as CI has"
+        );
+        let result = std::panic::catch_unwind(|| {
+            let repo = Repository::open(&mount.path().join("repo"), &mount.path().join("staging"))
+                .unwrap();
+            let data = vec![7u8; 4 << 20];
+            let k = key("huge.bin", data.len() as u64);
+            let mut staged = repo.stage(k.clone()).unwrap();
+            assert!(is_direct(&staged));
+            let mut offset = 0;
+            let error = loop {
+                match staged.write(offset as u64, &data[offset..offset + 65_536]) {
+                    Ok(()) => offset += 65_536,
+                    Err(e) => break e,
+                }
+            };
+            assert!(error.is_disk_full(), "{error}");
+            drop(staged);
+            let on_disk = repo.staged_len(&k);
+            assert_eq!(on_disk, offset as u64, "only the chunks written whole stay");
+            assert!(on_disk <= 1 << 20);
+            let staged = repo.stage(k).unwrap();
+            assert_eq!(staged.sha256(), sha(&data[..offset]));
+            assert_eq!(staged.len(), on_disk);
+            repo.discard(staged).unwrap();
+        });
+        let _ = std::process::Command::new("umount")
+            .arg(mount.path())
+            .status();
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
     }
 
     #[test]
