@@ -583,8 +583,14 @@ impl Staged {
                 size: self.key.size,
             });
         }
-        if self.direct.is_some() {
-            return self.write_direct(data, got);
+        if let Some(mut direct) = self.direct.take() {
+            let result = self.write_direct(&mut direct, data, got);
+            // Direct I/O goes on unless the file is complete or fell back
+            // to the page cache.
+            if !matches!(result, Ok(false)) {
+                self.direct = Some(direct);
+            }
+            return result.map(drop);
         }
         if let Err(e) = self.file.write_all(data) {
             // Leave no torn tail: the staged length must match the hash.
@@ -604,11 +610,14 @@ impl Staged {
     /// chunk, and the file's last partial block, once it has arrived, goes
     /// through the page cache. After an error the staged file holds only
     /// whole blocks that were written and must be staged again (the session
-    /// drops it with the file's failure).
-    fn write_direct(&mut self, data: &[u8], got: u64) -> Result<(), RepositoryError> {
-        let Some(direct) = self.direct.as_mut() else {
-            return Ok(());
-        };
+    /// drops it with the file's failure). Returns whether the file goes on
+    /// with direct I/O.
+    fn write_direct(
+        &mut self,
+        direct: &mut Direct,
+        data: &[u8],
+        got: u64,
+    ) -> Result<bool, RepositoryError> {
         let on_disk = self.len - direct.pending() as u64;
         direct.append(data);
         let whole = direct.pending() / ALIGN * ALIGN;
@@ -629,10 +638,9 @@ impl Staged {
                         .write_all(&direct.buf[direct.start..][..direct.pending()])
                 });
             if written.is_ok() {
-                self.direct = None;
                 self.hash.update(data);
                 self.len = got;
-                return Ok(());
+                return Ok(false);
             }
         }
         if let Err(e) = written {
@@ -640,22 +648,20 @@ impl Staged {
             return Err(io_err("write", &self.path)(e));
         }
         direct.consume(whole);
-        if got == self.key.size {
+        let complete = got == self.key.size;
+        if complete && direct.pending() > 0 {
             // The tail block, through the page cache (direct I/O needs
             // whole blocks); the buffer goes with the direct state.
-            if direct.pending() > 0 {
-                let tail = set_direct(&self.file, false)
-                    .and_then(|()| self.file.write_all(&direct.buf[direct.start..]));
-                if let Err(e) = tail {
-                    let _ = self.file.set_len(on_disk + whole as u64);
-                    return Err(io_err("write", &self.path)(e));
-                }
+            let tail = set_direct(&self.file, false)
+                .and_then(|()| self.file.write_all(&direct.buf[direct.start..]));
+            if let Err(e) = tail {
+                let _ = self.file.set_len(on_disk + whole as u64);
+                return Err(io_err("write", &self.path)(e));
             }
-            self.direct = None;
         }
         self.hash.update(data);
         self.len = got;
-        Ok(())
+        Ok(!complete)
     }
 
     /// Starts writing the staged bytes not yet handed to writeback, without
