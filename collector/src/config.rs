@@ -27,6 +27,11 @@ struct RawConfig {
     /// Directory for the journal, staging files and private sockets.
     #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
+    /// Files this large or larger are staged with direct I/O (`O_DIRECT`),
+    /// past the page cache; 0 stages every file through the page cache
+    /// (for disks where a write's latency is long, such as spinning ones).
+    #[serde(default = "default_direct_io_min_bytes")]
+    direct_io_min_bytes: u64,
     /// Station ids or certificate SHA-256 fingerprints refused although
     /// their certificates verify.
     #[serde(default)]
@@ -135,6 +140,10 @@ pub const MAX_HEARTBEAT_SECS: u64 = 3600;
 /// for every connection, which panics when the sum overflows.
 pub const MAX_HANDSHAKE_TIMEOUT_SECS: u64 = 3600;
 
+fn default_direct_io_min_bytes() -> u64 {
+    crate::repository::DIRECT_MIN
+}
+
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/ferry/collector")
 }
@@ -178,6 +187,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub repository: PathBuf,
     pub state_dir: PathBuf,
+    /// Smallest file staged with direct I/O; `None`: none is.
+    pub direct_io_min: Option<u64>,
     pub revoked: HashSet<String>,
     pub tls_ca: PathBuf,
     pub tls_cert: PathBuf,
@@ -356,6 +367,7 @@ pub fn parse(text: &str, origin: &Path) -> Result<Settings, ConfigError> {
         listen,
         repository: resolve(&raw.repository),
         state_dir,
+        direct_io_min: (raw.direct_io_min_bytes > 0).then_some(raw.direct_io_min_bytes),
         revoked: raw.revoked.into_iter().collect(),
         tls_ca: resolve(&raw.tls.ca),
         tls_cert: resolve(&raw.tls.cert),
@@ -394,6 +406,18 @@ mod tests {
             Some(DEFAULT_HTTP_LISTEN.parse().unwrap())
         );
         assert_eq!(settings.metrics, MetricsSettings::default());
+        assert_eq!(settings.direct_io_min, Some(65536));
+    }
+
+    #[test]
+    fn direct_io_starts_at_64_kib_and_can_be_turned_off() {
+        let origin = Path::new("c.toml");
+        let default = parse(&minimal(""), origin).unwrap();
+        assert_eq!(default.direct_io_min, Some(64 << 10));
+        let low = parse(&minimal("direct_io_min_bytes = 4096"), origin).unwrap();
+        assert_eq!(low.direct_io_min, Some(4096));
+        let off = parse(&minimal("direct_io_min_bytes = 0"), origin).unwrap();
+        assert_eq!(off.direct_io_min, None);
     }
 
     #[test]

@@ -120,7 +120,8 @@ pub async fn start(settings: Settings) -> Result<Collector, StartError> {
     })?;
     let material =
         TlsMaterial::from_files(&settings.tls_ca, &settings.tls_cert, &settings.tls_key)?;
-    let repository = Repository::open(&settings.repository, &state_dir.join("staging"))?;
+    let repository = Repository::open(&settings.repository, &state_dir.join("staging"))?
+        .with_direct_io(settings.direct_io_min);
     let journal_path = state_dir.join("journal.sqlite");
     let journal = Journal::open(&journal_path)?;
     journal.register(&CATALOGS)?;

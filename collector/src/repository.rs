@@ -9,13 +9,13 @@
 //! the content. A staging file survives disconnects and restarts, so a
 //! transfer resumes from the bytes already staged.
 //!
-//! Files of [`DIRECT_MIN`] bytes or more are staged with direct I/O
-//! (`O_DIRECT`): their blocks go from the session's buffer to the device
-//! without passing through the page cache. The collector never reads them
-//! back, and copying into freshly allocated cache pages was most of its CPU
-//! for large files (see BENCHMARKS.md). The last partial block of a file is
-//! written through the page cache, as is everything where the filesystem
-//! refuses direct I/O.
+//! Files of [`DIRECT_MIN`] bytes or more (`direct_io_min_bytes`) are staged
+//! with direct I/O (`O_DIRECT`): their blocks go from the session's buffer
+//! to the device without passing through the page cache. The collector
+//! never reads them back, and copying into freshly allocated cache pages was
+//! most of its CPU for large files (see BENCHMARKS.md). The last partial
+//! block of a file is written through the page cache, as is everything where
+//! the filesystem refuses direct I/O.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -176,6 +176,9 @@ pub struct Repository {
     /// Cleared once the filesystem refused direct I/O: files are then
     /// staged through the page cache.
     direct_io: Arc<AtomicBool>,
+    /// Smallest file staged with direct I/O (configured; [`DIRECT_MIN`]
+    /// unless set).
+    direct_min: u64,
 }
 
 /// A file being received: its staging file, open for appending, and the hash
@@ -192,7 +195,8 @@ pub struct Staged {
     direct: Option<Direct>,
 }
 
-/// Staging files this large or larger are written with direct I/O.
+/// Staging files this large or larger are written with direct I/O unless
+/// configured otherwise (`direct_io_min_bytes`).
 pub const DIRECT_MIN: u64 = 64 << 10;
 
 /// Alignment of direct I/O: buffer address, file offset and length. 4096
@@ -304,7 +308,16 @@ impl Repository {
             root_sync: group_sync(root)?,
             file_by_file: Arc::new(AtomicBool::new(file_by_file)),
             direct_io: Arc::new(AtomicBool::new(true)),
+            direct_min: DIRECT_MIN,
         })
+    }
+
+    /// Stages files of `min` bytes or more with direct I/O, or none with
+    /// `None`.
+    pub fn with_direct_io(mut self, min: Option<u64>) -> Self {
+        self.direct_io = Arc::new(AtomicBool::new(min.is_some()));
+        self.direct_min = min.unwrap_or(u64::MAX);
+        self
     }
 
     /// The repository root.
@@ -359,7 +372,7 @@ impl Repository {
         // staged ends on a block boundary (it does, unless it was staged
         // through the page cache).
         let direct = (self.direct_io.load(Ordering::Relaxed)
-            && key.size - len >= DIRECT_MIN
+            && key.size - len >= self.direct_min
             && len % ALIGN as u64 == 0)
             .then(|| set_direct(&file, true))
             .and_then(|set| match set {
@@ -918,6 +931,15 @@ mod tests {
         let repo = Repository::open(&dir.path().join("repo"), &dir.path().join("staging")).unwrap();
         let small = repo.stage(key("small.csv", DIRECT_MIN - 1)).unwrap();
         assert!(!is_direct(&small));
+        assert!(is_direct(
+            &repo.stage(key("large.bin", DIRECT_MIN)).unwrap()
+        ));
+        // Configured off, even a large file goes through the page cache;
+        // with a lower threshold, a smaller one goes past it.
+        let off = repo.clone().with_direct_io(None);
+        assert!(!is_direct(&off.stage(key("off.bin", 1 << 30)).unwrap()));
+        let low = repo.clone().with_direct_io(Some(8192));
+        assert!(is_direct(&low.stage(key("low.bin", 8192)).unwrap()));
         // A large file whose staged part ends mid-block (staged through the
         // page cache before) carries on through it, and arrives whole.
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
