@@ -416,12 +416,26 @@ async fn watch_roots(
     // Without inotify there is no watcher, and no event ever comes: the
     // closed channel must not end the loop, the polls carry on.
     let mut watching = true;
+    // A rescan for events that were lost or a directory that appeared runs
+    // at once and once more a moment later: notify watches a new directory
+    // only after it has passed on the directory's event, so a file renamed
+    // into it in between is in neither the first scan nor any event.
+    let mut follow_up: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             change = events.recv(), if watching => match change {
-                Some(change) => handle(&settings, &ledger, change, &mut settler, &due_changed, metrics),
+                Some(change) => {
+                    if change == Change::Rescan && follow_up.is_none() {
+                        follow_up = Some(tokio::time::Instant::now() + RESCAN_FOLLOW_UP);
+                    }
+                    handle(&settings, &ledger, change, &mut settler, &due_changed, metrics);
+                }
                 None => watching = false,
             },
+            () = sleep_until_some(follow_up) => {
+                follow_up = None;
+                rescan(&settings, &ledger, None, &mut settler, &due_changed, metrics);
+            }
             _ = settle.tick() => {
                 if !settler.is_empty() {
                     let ready = tokio::task::block_in_place(|| settler.ripe(&settings.roots, settings.settle, SystemTime::now()));
@@ -432,6 +446,18 @@ async fn watch_roots(
             _ = poll.tick(), if !polled.is_empty() => rescan(&settings, &ledger, Some(&polled), &mut settler, &due_changed, metrics),
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
+    }
+}
+
+/// How long after a rescan for a lost event or a new directory the
+/// follow-up rescan runs (see `watch_roots`).
+const RESCAN_FOLLOW_UP: Duration = Duration::from_secs(1);
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
