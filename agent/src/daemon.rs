@@ -425,7 +425,9 @@ async fn watch_roots(
         tokio::select! {
             change = events.recv(), if watching => match change {
                 Some(change) => {
-                    if change == Change::Rescan && follow_up.is_none() {
+                    // Each such event moves the follow-up on: a later one's
+                    // own scan covers the directories before it.
+                    if change == Change::Rescan {
                         follow_up = Some(tokio::time::Instant::now() + RESCAN_FOLLOW_UP);
                     }
                     handle(&settings, &ledger, change, &mut settler, &due_changed, metrics);
