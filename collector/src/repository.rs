@@ -177,8 +177,8 @@ pub struct Repository {
     /// staged through the page cache.
     direct_io: Arc<AtomicBool>,
     /// Smallest file staged with direct I/O (configured; [`DIRECT_MIN`]
-    /// unless set).
-    direct_min: u64,
+    /// unless set), `None` for none.
+    direct_min: Option<u64>,
 }
 
 /// A file being received: its staging file, open for appending, and the hash
@@ -224,7 +224,7 @@ struct Direct {
 impl Direct {
     /// Bytes waiting for the rest of their block.
     fn pending(&self) -> usize {
-        self.buf.len().saturating_sub(self.start)
+        self.buf.len() - self.start
     }
 
     /// Appends `data` behind the waiting bytes, moving them to a larger
@@ -308,15 +308,14 @@ impl Repository {
             root_sync: group_sync(root)?,
             file_by_file: Arc::new(AtomicBool::new(file_by_file)),
             direct_io: Arc::new(AtomicBool::new(true)),
-            direct_min: DIRECT_MIN,
+            direct_min: Some(DIRECT_MIN),
         })
     }
 
     /// Stages files of `min` bytes or more with direct I/O, or none with
     /// `None`.
     pub fn with_direct_io(mut self, min: Option<u64>) -> Self {
-        self.direct_io = Arc::new(AtomicBool::new(min.is_some()));
-        self.direct_min = min.unwrap_or(u64::MAX);
+        self.direct_min = min;
         self
     }
 
@@ -372,7 +371,7 @@ impl Repository {
         // staged ends on a block boundary (it does, unless it was staged
         // through the page cache).
         let direct = (self.direct_io.load(Ordering::Relaxed)
-            && key.size - len >= self.direct_min
+            && self.direct_min.is_some_and(|min| key.size - len >= min)
             && len % ALIGN as u64 == 0)
             .then(|| set_direct(&file, true))
             .and_then(|set| match set {
@@ -382,8 +381,7 @@ impl Repository {
                     enabled: self.direct_io.clone(),
                 }),
                 Err(error) => {
-                    self.direct_io.store(false, Ordering::Relaxed);
-                    tracing::warn!(path = %path.display(), %error, "direct I/O refused; staging through the page cache from now on");
+                    direct_refused(&self.direct_io, &path, &error);
                     None
                 }
             });
@@ -640,8 +638,7 @@ impl Staged {
         {
             // The filesystem takes no direct I/O after all (alignment or
             // support): go through the page cache, here and from now on.
-            direct.enabled.store(false, Ordering::Relaxed);
-            tracing::warn!(path = %self.path.display(), error = %e, "direct I/O refused; staging through the page cache from now on");
+            direct_refused(&direct.enabled, &self.path, e);
             written = self
                 .file
                 .set_len(on_disk)
@@ -699,6 +696,13 @@ impl Staged {
     pub fn sync(&self) -> Result<(), RepositoryError> {
         self.file.sync_data().map_err(io_err("fsync", &self.path))
     }
+}
+
+/// Turns direct I/O off for the repository (`enabled`) after the
+/// filesystem refused it for `path`.
+fn direct_refused(enabled: &AtomicBool, path: &Path, error: &io::Error) {
+    enabled.store(false, Ordering::Relaxed);
+    tracing::warn!(path = %path.display(), %error, "direct I/O refused; staging through the page cache from now on");
 }
 
 /// Switches direct I/O (`O_DIRECT`) on or off for an open file.
