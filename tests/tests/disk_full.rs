@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use ferry_agent::sender::{Flow, OutgoingFile, send_batch};
+use ferry_collector::repository::{FileKey, Repository};
 use ferry_common::link::{ClientLink, ClientLinkConfig};
 use ferry_common::protocol::*;
 use ferry_common::station::StationId;
@@ -166,4 +167,38 @@ async fn full_disk_scenario(reserve: u64) {
     assert_eq!(primary.len(), files.len());
     assert_eq!(primary, backup);
     collector.stop().await;
+}
+
+#[test]
+fn a_full_disk_mid_file_leaves_only_whole_written_blocks_staged() {
+    // A 4 MiB file staged (with direct I/O: it is over the threshold) on a
+    // 1 MiB filesystem runs out of space part-way.
+    let dir = tempfile::tempdir().unwrap();
+    let fs = SmallFs::mount(&dir.path().join("small"), "1m");
+    let repo = Repository::open(&fs.0.join("repo"), &fs.0.join("staging")).unwrap();
+    let data = vec![7u8; 4 << 20];
+    let key = FileKey {
+        station: StationId::new("s1").unwrap(),
+        root: "data".into(),
+        path: "huge.bin".into(),
+        size: data.len() as u64,
+        mtime_ns: 1,
+    };
+    let mut staged = repo.stage(key.clone()).unwrap();
+    let mut offset = 0;
+    let error = loop {
+        match staged.write(offset as u64, &data[offset..offset + 65_536]) {
+            Ok(()) => offset += 65_536,
+            Err(e) => break e,
+        }
+    };
+    assert!(error.is_disk_full(), "{error}");
+    drop(staged);
+    let on_disk = repo.staged_len(&key);
+    assert_eq!(on_disk, offset as u64, "only the chunks written whole stay");
+    assert!(on_disk <= 1 << 20);
+    let staged = repo.stage(key).unwrap();
+    assert_eq!(staged.sha256(), sha256(&data[..offset]));
+    assert_eq!(staged.len(), on_disk);
+    repo.discard(staged).unwrap();
 }
