@@ -15,6 +15,7 @@ pub mod reconcile;
 pub mod repository;
 pub mod session;
 pub mod store;
+pub mod writer;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -178,7 +179,7 @@ pub async fn start(settings: Settings) -> Result<Collector, StartError> {
     );
     let repository_root = repository.root().to_owned();
     let shared = Arc::new(session::Shared {
-        repository,
+        repository: Arc::new(repository),
         journal,
         metrics: metrics.clone(),
         applied_wake: wakes,

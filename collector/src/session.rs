@@ -2,9 +2,9 @@
 //! that reads the ROUTER.
 //!
 //! A session answers offers with what it needs (the staged offset, or
-//! nothing for content the repository already holds), writes chunks to
-//! staging, and when every file of a batch is committed, verifies, fsyncs and
-//! places them, appends their catalog records to the journal in one
+//! nothing for content the repository already holds), hands chunks and
+//! commits to its staging writers ([`crate::writer`]), and when every file
+//! of a batch is verified, fsyncs and places them, appends their catalog records to the journal in one
 //! transaction, and only then sends the batch's ack. That placing runs
 //! beside the session (up to [`PLACING`] batches at once), so the next
 //! batch's chunks keep arriving while the previous one is fsynced.
@@ -30,6 +30,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::journal::{Journal, Record};
 use crate::metrics::Metrics;
 use crate::repository::{self, FileKey, Placement, Repository, RepositoryError, Staged};
+use crate::writer::{Done, FileId, Writers, repository_error};
 
 /// Complete batches of one session placed at once. Two let the transfer of
 /// a batch overlap the fsyncs of the one before (an agent keeps two batches
@@ -39,7 +40,8 @@ const PLACING: usize = 2;
 /// What every session shares.
 #[derive(Debug)]
 pub struct Shared {
-    pub repository: Repository,
+    /// Shared with the sessions' staging writers.
+    pub repository: Arc<Repository>,
     pub journal: Journal,
     /// Counters for the metrics endpoint.
     pub metrics: Arc<Metrics>,
@@ -162,6 +164,7 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
             sender.clone(),
             hello.session,
             queued.clone(),
+            span.clone(),
         );
         let welcome = Welcome {
             version,
@@ -227,8 +230,11 @@ struct Session {
     shared: Arc<Shared>,
     sender: ServerSender,
     session: u64,
-    offered: HashMap<(u64, u32), Offered>,
-    staged: HashMap<(u64, u32), Staged>,
+    offered: HashMap<FileId, Offered>,
+    /// Stage, write and verify the offered files beside the session.
+    writers: Writers,
+    /// What the writers report.
+    done: mpsc::UnboundedReceiver<Done>,
     batches: HashMap<u64, Batch>,
     consumed: u64,
     credited: u64,
@@ -245,14 +251,18 @@ impl Session {
         sender: ServerSender,
         session: u64,
         queued: Arc<AtomicU64>,
+        span: tracing::Span,
     ) -> Self {
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let writers = Writers::new(shared.repository.clone(), done_tx, span);
         Self {
             peer,
             shared,
             sender,
             session,
             offered: HashMap::new(),
-            staged: HashMap::new(),
+            writers,
+            done,
             batches: HashMap::new(),
             consumed: 0,
             credited: 0,
@@ -267,7 +277,18 @@ impl Session {
 
     async fn run(mut self, welcome: Welcome, mut rx: mpsc::UnboundedReceiver<Message>) {
         self.send(Message::Welcome(welcome)).await;
-        while let Some(message) = rx.recv().await {
+        loop {
+            let message = tokio::select! {
+                biased;
+                Some(done) = self.done.recv() => {
+                    self.written(done).await;
+                    continue;
+                }
+                message = rx.recv() => match message {
+                    Some(message) => message,
+                    None => break,
+                },
+            };
             self.queued.fetch_sub(weight(&message), Ordering::SeqCst);
             match message {
                 Message::Offer(offer) => self.offer(offer).await,
@@ -290,8 +311,54 @@ impl Session {
             }
         }
         // The station's next session waits for this one (it takes the same
-        // staging files): finish what is being placed first.
+        // staging files): let the writers finish and close theirs, and
+        // finish what is being placed.
+        self.writers.close().await;
         while self.placing.join_next().await.is_some() {}
+    }
+
+    /// Takes what a writer reports.
+    async fn written(&mut self, done: Done) {
+        match done {
+            Done::Consumed(len) => {
+                self.consumed += len;
+                self.credit().await;
+            }
+            Done::Failed {
+                file: (batch, file),
+                error,
+            } => {
+                let path = self
+                    .offered
+                    .get(&(batch, file))
+                    .map(|o| o.key.catalog_path())
+                    .unwrap_or_default();
+                warn!(batch, file, %path, %error, "file refused");
+                self.fail(batch, file, error).await;
+            }
+            Done::Verified {
+                file: (batch_id, file),
+                staged,
+                sha256,
+            } => {
+                let Some(batch) = self.batches.get_mut(&batch_id) else {
+                    return;
+                };
+                if !batch.waiting.remove(&file) {
+                    return;
+                }
+                batch.committed.push((file, *staged, sha256));
+                if let Some(offered) = self.offered.remove(&(batch_id, file)) {
+                    debug!(
+                        path = %offered.key.catalog_path(),
+                        size = offered.key.size,
+                        from = offered.from,
+                        "file received"
+                    );
+                }
+                self.maybe_finish(batch_id).await;
+            }
+        }
     }
 
     fn disk_full(&self) -> bool {
@@ -400,30 +467,10 @@ impl Session {
         self.maybe_finish(id).await;
     }
 
-    /// The staged file for (batch, file), opened on first use.
-    fn staged(&mut self, batch: u64, file: u32) -> Result<&mut Staged, ErrorFrame> {
-        if !self.staged.contains_key(&(batch, file)) {
-            let offered = self.offered.get(&(batch, file)).ok_or_else(|| {
-                ErrorFrame::new(
-                    ErrorCode::UnexpectedMessage,
-                    format!("file {file} of batch {batch} was not offered"),
-                )
-            })?;
-            let staged =
-                tokio::task::block_in_place(|| self.shared.repository.stage(offered.key.clone()))
-                    .map_err(|e| repository_error(&e))?;
-            self.staged.insert((batch, file), staged);
-        }
-        self.staged
-            .get_mut(&(batch, file))
-            .ok_or_else(|| ErrorFrame::new(ErrorCode::Internal, "staged file vanished"))
-    }
-
     async fn chunk(&mut self, chunk: Chunk) {
         let len = chunk.data.len() as u64;
-        self.consumed += len;
         Metrics::add(&self.shared.metrics.bytes_received, len);
-        if !self.offered.contains_key(&(chunk.batch, chunk.file)) {
+        let Some(offered) = self.offered.get(&(chunk.batch, chunk.file)) else {
             // Not (or no longer) expected: typically the file already failed
             // and the rest of its chunks were in flight. Drop them, but still
             // credit them so the window does not shrink.
@@ -432,24 +479,17 @@ impl Session {
                 file = chunk.file,
                 "chunk for a settled file dropped"
             );
+            self.consumed += len;
             self.credit().await;
             return;
-        }
-        let written = match self.staged(chunk.batch, chunk.file) {
-            Ok(staged) => tokio::task::block_in_place(|| staged.write(chunk.offset, &chunk.data))
-                .map_err(|e| repository_error(&e)),
-            Err(e) => Err(e),
         };
-        if let Err(error) = written {
-            let path = self
-                .offered
-                .get(&(chunk.batch, chunk.file))
-                .map(|o| o.key.catalog_path())
-                .unwrap_or_default();
-            warn!(batch = chunk.batch, file = chunk.file, %path, %error, "chunk refused");
-            self.fail(chunk.batch, chunk.file, error).await;
-        }
-        self.credit().await;
+        // Credited once the writer is done with it.
+        self.writers.write(
+            (chunk.batch, chunk.file),
+            &offered.key,
+            chunk.offset,
+            chunk.data,
+        );
     }
 
     /// Grants credit once a quarter of the window has been consumed.
@@ -463,8 +503,8 @@ impl Session {
         }
     }
 
-    /// Ends a file with an error result (once), dropping what it staged if
-    /// the content is suspect.
+    /// Ends a file with an error result (once); its writer has closed (or,
+    /// for wrong content, removed) what it staged.
     async fn fail(&mut self, batch: u64, file: u32, error: ErrorFrame) {
         let Some(state) = self.batches.get_mut(&batch) else {
             return;
@@ -472,10 +512,7 @@ impl Session {
         if !state.waiting.remove(&file) {
             return;
         }
-        let staged = self.staged.remove(&(batch, file));
-        if let Some(staged) = staged.filter(|_| error.code == ErrorCode::HashMismatch) {
-            let _ = self.shared.repository.discard(staged);
-        }
+        self.writers.forget((batch, file));
         if let Some(offered) = self.offered.remove(&(batch, file)) {
             let journal = self.shared.journal.clone();
             let (station, path, message) = (
@@ -495,7 +532,7 @@ impl Session {
     }
 
     async fn commit(&mut self, commit: Commit) {
-        if !self.offered.contains_key(&(commit.batch, commit.file)) {
+        let Some(offered) = self.offered.get(&(commit.batch, commit.file)) else {
             // Settled already (failed mid-stream) or never offered: the
             // batch's ack carries (or carried) its result.
             debug!(
@@ -504,62 +541,14 @@ impl Session {
                 "commit for a settled file ignored"
             );
             return;
-        }
-        let verdict = match self.staged(commit.batch, commit.file) {
-            Err(error) => Err(error),
-            Ok(staged) => {
-                let size = staged.key.size;
-                let got = staged.sha256();
-                if staged.len() != size || commit.size != size {
-                    Err(ErrorFrame::new(
-                        ErrorCode::HashMismatch,
-                        format!(
-                            "{} bytes staged, {} committed, {size} offered",
-                            staged.len(),
-                            commit.size
-                        ),
-                    ))
-                } else if got != commit.sha256 {
-                    Err(ErrorFrame::new(
-                        ErrorCode::HashMismatch,
-                        "content does not hash to the committed SHA-256",
-                    ))
-                } else {
-                    Ok(())
-                }
-            }
         };
-        match verdict {
-            Err(error) => {
-                let path = self
-                    .offered
-                    .get(&(commit.batch, commit.file))
-                    .map(|o| o.key.catalog_path())
-                    .unwrap_or_default();
-                warn!(batch = commit.batch, file = commit.file, %path, %error, "commit refused");
-                self.fail(commit.batch, commit.file, error).await;
-            }
-            Ok(()) => {
-                let Some(batch) = self.batches.get_mut(&commit.batch) else {
-                    return;
-                };
-                if !batch.waiting.remove(&commit.file) {
-                    return;
-                }
-                if let Some(staged) = self.staged.remove(&(commit.batch, commit.file)) {
-                    batch.committed.push((commit.file, staged, commit.sha256));
-                }
-                if let Some(offered) = self.offered.remove(&(commit.batch, commit.file)) {
-                    debug!(
-                        path = %offered.key.catalog_path(),
-                        size = offered.key.size,
-                        from = offered.from,
-                        "file received"
-                    );
-                }
-                self.maybe_finish(commit.batch).await;
-            }
-        }
+        // The writer verifies it after its chunks and says how it went.
+        self.writers.commit(
+            (commit.batch, commit.file),
+            &offered.key,
+            commit.size,
+            commit.sha256,
+        );
     }
 
     /// Once no file of `batch` is outstanding: place, journal and ack it in
@@ -850,18 +839,4 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-fn repository_error(e: &repository::RepositoryError) -> ErrorFrame {
-    if e.is_disk_full() {
-        ErrorFrame::new(ErrorCode::DiskFull, e.to_string())
-    } else {
-        match e {
-            repository::RepositoryError::OutOfOrder { .. }
-            | repository::RepositoryError::Oversize { .. } => {
-                ErrorFrame::new(ErrorCode::UnexpectedMessage, e.to_string())
-            }
-            _ => ErrorFrame::new(ErrorCode::Internal, e.to_string()),
-        }
-    }
 }
