@@ -578,7 +578,11 @@ impl Session {
             .spawn(finish.instrument(tracing::Span::current()));
     }
 
+    /// Answers a status query, after every chunk received before it is
+    /// written: what the station sent before asking is staged by the time
+    /// it has the answer.
     async fn status(&self) {
+        self.writers.flush().await;
         let journal = self.shared.journal.clone();
         let station = self.peer.station.to_string();
         let stats = tokio::task::spawn_blocking(move || {

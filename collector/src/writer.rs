@@ -116,14 +116,24 @@ impl Writers {
         self.assigned.remove(&file);
     }
 
+    /// Waits until every lane has done all it was given so far: every
+    /// chunk handed over before is written (or refused).
+    pub async fn flush(&self) {
+        self.through(false).await;
+    }
+
     /// Waits until every lane has done all it was given, then closes the
     /// staging files still open (they stay on disk, for a resume).
     pub async fn close(self) {
+        self.through(true).await;
+    }
+
+    async fn through(&self, close: bool) {
         let mut waits = Vec::with_capacity(self.lanes.len());
         for lane in &self.lanes {
-            let (tx, rx) = oneshot::channel();
-            lane.push(Task::Close(tx));
-            waits.push(rx);
+            let (done, wait) = oneshot::channel();
+            lane.push(Task::Mark { close, done });
+            waits.push(wait);
         }
         for wait in waits {
             let _ = wait.await;
@@ -155,8 +165,12 @@ enum Task {
         size: u64,
         sha256: Sha256,
     },
-    /// Close every open file and say so.
-    Close(oneshot::Sender<()>),
+    /// Say that everything before is done, closing every open file first
+    /// if `close`.
+    Mark {
+        close: bool,
+        done: oneshot::Sender<()>,
+    },
 }
 
 #[derive(Default)]
@@ -245,9 +259,11 @@ impl Lane {
                     }
                 }
             }
-            Task::Close(closed) => {
-                files.clear();
-                let _ = closed.send(());
+            Task::Mark { close, done } => {
+                if close {
+                    files.clear();
+                }
+                let _ = done.send(());
             }
         }
     }
@@ -402,6 +418,38 @@ mod tests {
             .collect();
         expected.push(((1, 9), 0, sha(b"")));
         assert_eq!(verified, expected);
+    }
+
+    #[tokio::test]
+    async fn after_a_flush_everything_handed_over_is_written_and_credited() {
+        let mut f = fixture();
+        let data = content(3, 3 * 65_536);
+        let files: Vec<FileKey> = (0..4)
+            .map(|n| key(&format!("f/{n}.bin"), data.len() as u64))
+            .collect();
+        for (n, key) in files.iter().enumerate() {
+            for part in 0..2 {
+                let at = part * 65_536;
+                f.writers.write(
+                    (2, n as u32),
+                    key,
+                    at as u64,
+                    data[at..at + 65_536].to_vec(),
+                );
+            }
+        }
+        f.writers.flush().await;
+        let mut consumed = 0;
+        while let Ok(report) = f.done.try_recv() {
+            match report {
+                Done::Consumed(n) => consumed += n,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(consumed, 4 * 2 * 65_536);
+        for key in &files {
+            assert_eq!(f.repository.staged_len(key), 2 * 65_536);
+        }
     }
 
     #[tokio::test]
