@@ -13,12 +13,15 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::PathBuf;
 
-use ferry_common::codec::ChunkFrame;
 use ferry_common::link::{ClientLink, LinkError};
 use ferry_common::protocol::*;
+
+use reader::{Piece, Reader, Wanted, finish};
+
+mod reader;
 
 /// One file to offer.
 #[derive(Debug, Clone)]
@@ -130,36 +133,52 @@ pub async fn start_batch(
     let mut sent = vec![0u64; files.len()];
     let window = link.welcome.window.min(MAX_WINDOW);
     let chunk = (link.welcome.max_chunk as usize).clamp(4096, ferry_common::codec::MAX_CHUNK);
+    let mut wanted = Vec::new();
     for need in &reply.files {
         let Need::From { offset } = need.need else {
             continue;
         };
-        let index = need.id as usize;
-        let Some(file) = files.get(index) else {
+        let Some(file) = files.get(need.id as usize) else {
             return Err(SendError::Protocol(format!(
                 "reply names file {} that was not offered",
                 need.id
             )));
         };
-        let (size, sha256) = stream_file(
-            link,
-            flow,
-            batch,
-            need.id,
-            file,
+        wanted.push(Wanted {
+            id: need.id,
+            path: file.abs_path.clone(),
+            size: file.size,
             offset,
-            chunk,
-            window,
-            &mut sent[index],
-        )
-        .await?;
-        link.send(Message::Commit(Commit {
-            batch,
-            file: need.id,
-            size,
-            sha256,
-        }))
-        .await?;
+        });
+    }
+    // Each chunk goes once it fits in the window, each file's commit after
+    // its last chunk.
+    let mut reader = Reader::new(batch, wanted, chunk);
+    loop {
+        let group = tokio::task::block_in_place(|| reader.next_group());
+        if group.is_empty() {
+            break;
+        }
+        for piece in group {
+            match piece {
+                Piece::Chunk { id, frame, len } => {
+                    wait_for_credit(link, flow, len, window).await?;
+                    link.send_chunk(frame).await?;
+                    flow.sent += len;
+                    sent[id as usize] += len;
+                }
+                Piece::End { id, size, sha256 } => {
+                    link.send(Message::Commit(Commit {
+                        batch,
+                        file: id,
+                        size,
+                        sha256,
+                    }))
+                    .await?;
+                }
+                Piece::Failed(reason) => return Err(SendError::Protocol(reason)),
+            }
+        }
     }
     Ok(InFlight { batch, sent })
 }
@@ -226,9 +245,6 @@ pub fn hash_unchanged(file: &OutgoingFile) -> Option<Sha256> {
 /// data faster.
 const MAX_WINDOW: u64 = 8 << 20;
 
-/// Read buffer for re-hashing a prefix the collector already holds.
-const PREFIX_BUFFER: usize = 256 * 1024;
-
 /// Acks kept at most: more batches than this in flight is a caller's bug,
 /// or a collector acking batches never sent.
 const MAX_KEPT_ACKS: usize = 8;
@@ -264,65 +280,6 @@ async fn next(link: &mut ClientLink, flow: &mut Flow) -> Result<Option<Message>,
     Ok(None)
 }
 
-/// Streams `file` from `offset`, hashing all of it; returns the size read
-/// and its hash (which differ from the offer if the file changed meanwhile,
-/// and the collector then refuses the commit).
-#[allow(clippy::too_many_arguments)]
-async fn stream_file(
-    link: &mut ClientLink,
-    flow: &mut Flow,
-    batch: u64,
-    id: u32,
-    file: &OutgoingFile,
-    offset: u64,
-    chunk: usize,
-    window: u64,
-    sent: &mut u64,
-) -> Result<(u64, Sha256), SendError> {
-    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut position = 0u64;
-    let mut reader = match File::open(&file.abs_path) {
-        Ok(reader) => reader,
-        // Unreadable now: commit what we have (nothing), which the collector
-        // refuses, and the file is retried later.
-        Err(_) => return Ok((0, finish(hash))),
-    };
-    // Hash the prefix the collector already holds, without sending it.
-    if offset > 0 {
-        let mut buf = vec![0u8; chunk.min(PREFIX_BUFFER)];
-        while position < offset {
-            let want = (offset - position).min(buf.len() as u64) as usize;
-            let n = tokio::task::block_in_place(|| reader.read(&mut buf[..want])).unwrap_or(0);
-            if n == 0 {
-                return Ok((position, finish(hash)));
-            }
-            hash.update(&buf[..n]);
-            position += n as u64;
-        }
-        let _ = reader.seek(SeekFrom::Start(offset));
-    }
-    while position < file.size {
-        let want = (file.size - position).min(chunk as u64) as usize;
-        // Each chunk is read straight into its own frame, behind the frame's
-        // header: no zeroing of a buffer sized for the largest chunk, no
-        // copy into a frame.
-        let mut frame = ChunkFrame::new(batch, id, position, want)
-            .map_err(|e| SendError::Protocol(e.to_string()))?;
-        let read = tokio::task::block_in_place(|| frame.read_from(&mut reader));
-        let n = read.unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        hash.update(frame.data());
-        wait_for_credit(link, flow, n as u64, window).await?;
-        link.send_chunk(frame).await?;
-        flow.sent += n as u64;
-        *sent += n as u64;
-        position += n as u64;
-    }
-    Ok((position, finish(hash)))
-}
-
 /// Waits until `more` bytes fit in the window.
 async fn wait_for_credit(
     link: &mut ClientLink,
@@ -338,10 +295,4 @@ async fn wait_for_credit(
         }
     }
     Ok(())
-}
-
-fn finish(hash: ring::digest::Context) -> Sha256 {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(hash.finish().as_ref());
-    out
 }
