@@ -62,7 +62,8 @@ pub struct Shared {
 
 struct SessionHandle {
     tx: mpsc::UnboundedSender<Message>,
-    /// Weight of the messages queued for the session and not yet handled.
+    /// Weight of the messages queued for the session and not yet handled,
+    /// chunk bytes until they are written.
     queued: Arc<AtomicU64>,
     station: StationId,
 }
@@ -289,7 +290,15 @@ impl Session {
                     None => break,
                 },
             };
-            self.queued.fetch_sub(weight(&message), Ordering::SeqCst);
+            // A chunk's bytes stay counted until its writer is done with
+            // them (`Done::Consumed`), so what waits in the lanes is bounded
+            // like what waits here.
+            let held = match &message {
+                Message::Chunk(chunk) => chunk.data.len() as u64,
+                _ => 0,
+            };
+            self.queued
+                .fetch_sub(weight(&message) - held, Ordering::SeqCst);
             match message {
                 Message::Offer(offer) => self.offer(offer).await,
                 Message::Chunk(chunk) => self.chunk(chunk).await,
@@ -321,6 +330,7 @@ impl Session {
     async fn written(&mut self, done: Done) {
         match done {
             Done::Consumed(len) => {
+                self.queued.fetch_sub(len, Ordering::SeqCst);
                 self.consumed += len;
                 self.credit().await;
             }
@@ -479,6 +489,7 @@ impl Session {
                 file = chunk.file,
                 "chunk for a settled file dropped"
             );
+            self.queued.fetch_sub(len, Ordering::SeqCst);
             self.consumed += len;
             self.credit().await;
             return;
