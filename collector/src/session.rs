@@ -4,14 +4,15 @@
 //! A session answers offers with what it needs (the staged offset, or
 //! nothing for content the repository already holds), hands chunks and
 //! commits to its staging writers ([`crate::writer`]), and when every file
-//! of a batch is verified, fsyncs and places them, appends their catalog records to the journal in one
-//! transaction, and only then sends the batch's ack. That placing runs
-//! beside the session (up to [`PLACING`] batches at once), so the next
-//! batch's chunks keep arriving while the previous one is fsynced.
+//! of a batch is verified, fsyncs and places them, appends their catalog
+//! records to the journal in one transaction, and only then sends the
+//! batch's ack. That placing runs beside the session (up to [`PLACING`]
+//! batches at once), so the next batch's chunks keep arriving while the
+//! previous one is fsynced.
 //!
-//! Fairness and memory: each session's queue holds at most the flow-control
-//! window's worth of chunks; the dispatcher never waits on a session, and a
-//! station that sends beyond its window is disconnected.
+//! Fairness and memory: each session's queue and writers hold at most the
+//! flow-control window's worth of chunks; the dispatcher never waits on a
+//! session, and a station that sends beyond its window is disconnected.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
