@@ -792,10 +792,12 @@ fn with_tag(path: &str, tag: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn key(path: &str, size: u64) -> FileKey {
+    /// The key of `path` (of `size` bytes) under station s1's root
+    /// "spectrum".
+    pub(crate) fn key(path: &str, size: u64) -> FileKey {
         FileKey {
             station: StationId::new("s1").unwrap(),
             root: "spectrum".into(),
@@ -805,7 +807,7 @@ mod tests {
         }
     }
 
-    fn sha(data: &[u8]) -> Sha256 {
+    pub(crate) fn sha(data: &[u8]) -> Sha256 {
         let mut out = [0u8; 32];
         out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
         out

@@ -312,25 +312,8 @@ pub fn repository_error(e: &RepositoryError) -> ErrorFrame {
 
 #[cfg(test)]
 mod tests {
-    use ferry_common::station::StationId;
-
     use super::*;
-
-    fn key(path: &str, size: u64) -> FileKey {
-        FileKey {
-            station: StationId::new("s1").unwrap(),
-            root: "spectrum".into(),
-            path: path.into(),
-            size,
-            mtime_ns: 5,
-        }
-    }
-
-    fn sha(data: &[u8]) -> Sha256 {
-        let mut out = [0u8; 32];
-        out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
-        out
-    }
+    use crate::repository::tests::{key, sha};
 
     /// Content of file `n`, `len` bytes, unlike every other file's.
     fn content(n: u8, len: usize) -> Vec<u8> {
