@@ -90,7 +90,10 @@ impl Reader {
                 }
                 continue;
             };
-            let want = (open.size - open.position).min(self.chunk as u64) as usize;
+            let want = open
+                .size
+                .saturating_sub(open.position)
+                .min(self.chunk as u64) as usize;
             let mut read = 0;
             if want > 0 {
                 let mut frame = match ChunkFrame::new(self.batch, open.id, open.position, want) {
@@ -302,5 +305,28 @@ mod tests {
                 (2, 1000, sha(&data[..1000]))
             ]
         );
+    }
+
+    /// Regression: an offset past the offered size (a file that grew, and a
+    /// collector asking for more than was offered) underflowed the bytes
+    /// left to read.
+    #[test]
+    fn an_offset_past_the_offered_size_sends_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![7u8; 8000];
+        let path = dir.path().join("grew.bin");
+        std::fs::write(&path, &data).unwrap();
+        let wanted = vec![Wanted {
+            id: 0,
+            path,
+            size: 1000,
+            offset: 5000,
+        }];
+        let group = Reader::new(1, wanted, 4096).next_group();
+        assert_eq!(shape(&group), [("end", 0, 5000, 0)]);
+        match &group[0] {
+            Piece::End { sha256, .. } => assert_eq!(*sha256, sha(&data[..5000])),
+            other => panic!("{other:?}"),
+        }
     }
 }
