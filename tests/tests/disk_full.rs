@@ -172,33 +172,41 @@ async fn full_disk_scenario(reserve: u64) {
 #[test]
 fn a_full_disk_mid_file_leaves_only_whole_written_blocks_staged() {
     // A 4 MiB file staged (with direct I/O: it is over the threshold) on a
-    // 1 MiB filesystem runs out of space part-way.
-    let dir = tempfile::tempdir().unwrap();
-    let fs = SmallFs::mount(&dir.path().join("small"), "1m");
-    let repo = Repository::open(&fs.0.join("repo"), &fs.0.join("staging")).unwrap();
-    let data = vec![7u8; 4 << 20];
-    let key = FileKey {
-        station: StationId::new("s1").unwrap(),
-        root: "data".into(),
-        path: "huge.bin".into(),
-        size: data.len() as u64,
-        mtime_ns: 1,
-    };
-    let mut staged = repo.stage(key.clone()).unwrap();
-    let mut offset = 0;
-    let error = loop {
-        match staged.write(offset as u64, &data[offset..offset + 65_536]) {
-            Ok(()) => offset += 65_536,
-            Err(e) => break e,
-        }
-    };
-    assert!(error.is_disk_full(), "{error}");
-    drop(staged);
-    let on_disk = repo.staged_len(&key);
-    assert_eq!(on_disk, offset as u64, "only the chunks written whole stay");
-    assert!(on_disk <= 1 << 20);
-    let staged = repo.stage(key).unwrap();
-    assert_eq!(staged.sha256(), sha256(&data[..offset]));
-    assert_eq!(staged.len(), on_disk);
-    repo.discard(staged).unwrap();
+    // 1 MiB filesystem runs out of space part-way: in small chunks, and in
+    // chunks large enough to be hashed beside their writes.
+    for chunk in [65_536, 384 << 10] {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = SmallFs::mount(&dir.path().join("small"), "1m");
+        let repo = Repository::open(&fs.0.join("repo"), &fs.0.join("staging")).unwrap();
+        let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+        let key = FileKey {
+            station: StationId::new("s1").unwrap(),
+            root: "data".into(),
+            path: "huge.bin".into(),
+            size: data.len() as u64,
+            mtime_ns: 1,
+        };
+        let mut staged = repo.stage(key.clone()).unwrap();
+        let mut offset = 0;
+        let error = loop {
+            match staged.write(offset as u64, &data[offset..offset + chunk]) {
+                Ok(()) => offset += chunk,
+                Err(e) => break e,
+            }
+        };
+        assert!(error.is_disk_full(), "{chunk}: {error}");
+        assert_eq!(staged.len(), offset as u64, "{chunk}");
+        assert_eq!(staged.sha256(), sha256(&data[..offset]), "{chunk}");
+        drop(staged);
+        let on_disk = repo.staged_len(&key);
+        assert_eq!(
+            on_disk, offset as u64,
+            "{chunk}: only the chunks written whole stay"
+        );
+        assert!(on_disk <= 1 << 20);
+        let staged = repo.stage(key).unwrap();
+        assert_eq!(staged.sha256(), sha256(&data[..offset]), "{chunk}");
+        assert_eq!(staged.len(), on_disk);
+        repo.discard(staged).unwrap();
+    }
 }
