@@ -171,9 +171,10 @@ async fn full_disk_scenario(reserve: u64) {
 
 #[test]
 fn a_full_disk_mid_file_leaves_only_whole_written_blocks_staged() {
-    // A 4 MiB file staged (with direct I/O: it is over the threshold) on a
+    // A 64 MiB file staged (with direct I/O: it is over the threshold) on a
     // 1 MiB filesystem runs out of space part-way: in small chunks, and in
-    // chunks large enough to be hashed beside their writes.
+    // chunks large enough to be hashed beside their writes (the collector
+    // does that for files of 64 MiB or more).
     for chunk in [65_536, 384 << 10] {
         let dir = tempfile::tempdir().unwrap();
         let fs = SmallFs::mount(&dir.path().join("small"), "1m");
@@ -183,7 +184,7 @@ fn a_full_disk_mid_file_leaves_only_whole_written_blocks_staged() {
             station: StationId::new("s1").unwrap(),
             root: "data".into(),
             path: "huge.bin".into(),
-            size: data.len() as u64,
+            size: 64 << 20,
             mtime_ns: 1,
         };
         let mut staged = repo.stage(key.clone()).unwrap();
