@@ -15,6 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::Bytes;
 use ferry_common::protocol::{ErrorCode, ErrorFrame, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
@@ -97,7 +98,7 @@ impl Writers {
     }
 
     /// Appends a chunk to `file` (staged as `key` on first use).
-    pub fn write(&mut self, file: FileId, key: &FileKey, offset: u64, data: Vec<u8>) {
+    pub fn write(&mut self, file: FileId, key: &FileKey, offset: u64, data: Bytes) {
         let lane = self.open(file, key);
         self.lanes[lane].push(Task::Write { file, offset, data });
     }
@@ -158,7 +159,7 @@ enum Task {
     Write {
         file: FileId,
         offset: u64,
-        data: Vec<u8>,
+        data: Bytes,
     },
     Commit {
         file: FileId,
@@ -382,8 +383,12 @@ mod tests {
         for chunk in 0..3usize {
             for (id, key, data) in &files {
                 let part = &data[chunk * 70_000..data.len().min((chunk + 1) * 70_000)];
-                f.writers
-                    .write(*id, key, (chunk * 70_000) as u64, part.to_vec());
+                f.writers.write(
+                    *id,
+                    key,
+                    (chunk * 70_000) as u64,
+                    Bytes::copy_from_slice(part),
+                );
             }
         }
         for (id, key, data) in &files {
@@ -417,7 +422,7 @@ mod tests {
                     (2, n as u32),
                     key,
                     at as u64,
-                    data[at..at + 65_536].to_vec(),
+                    Bytes::copy_from_slice(&data[at..at + 65_536]),
                 );
             }
         }
@@ -443,17 +448,30 @@ mod tests {
         let (wrong_key, broken_key) = (key("wrong.bin", 100_000), key("broken.bin", 100_000));
 
         // Whole, but committed with another hash: refused, and removed.
-        f.writers.write((1, 0), &wrong_key, 0, good.clone());
+        f.writers
+            .write((1, 0), &wrong_key, 0, Bytes::copy_from_slice(&good));
         f.writers.commit((1, 0), &wrong_key, 100_000, sha(b"other"));
         // A gap after the first 4096 bytes: refused; the rest of its chunks
         // still count for credit, its commit is ignored, and what it wrote
         // before the gap stays staged for a resume.
-        f.writers
-            .write((1, 1), &broken_key, 0, good[..4096].to_vec());
-        f.writers
-            .write((1, 1), &broken_key, 8192, good[8192..].to_vec());
-        f.writers
-            .write((1, 1), &broken_key, 4096, good[4096..8192].to_vec());
+        f.writers.write(
+            (1, 1),
+            &broken_key,
+            0,
+            Bytes::copy_from_slice(&good[..4096]),
+        );
+        f.writers.write(
+            (1, 1),
+            &broken_key,
+            8192,
+            Bytes::copy_from_slice(&good[8192..]),
+        );
+        f.writers.write(
+            (1, 1),
+            &broken_key,
+            4096,
+            Bytes::copy_from_slice(&good[4096..8192]),
+        );
         f.writers.commit((1, 1), &broken_key, 100_000, sha(&good));
 
         let (consumed, verified, failed) = settle(f.writers, f.done).await;

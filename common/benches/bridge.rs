@@ -329,7 +329,7 @@ impl Setup {
                 offset,
                 // The frame owns its bytes; an agent reads each chunk of a
                 // file into a fresh buffer the same way.
-                data: data[..len].to_vec(),
+                data: data[..len].to_vec().into(),
             }))
             .await?;
             offset += len as u64;

@@ -10,6 +10,10 @@
 //! before any decoding, and bincode's own limit stops any length prefix inside
 //! the body from claiming more than that.
 
+use std::cell::RefCell;
+
+use bytes::Bytes;
+
 use crate::protocol::{Chunk, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION};
 
 /// Hard maximum size of an encoded frame, in bytes.
@@ -92,7 +96,7 @@ impl ChunkFrame {
             batch,
             file,
             offset,
-            data: Vec::new(),
+            data: Bytes::new(),
         };
         let mut bytes = Vec::new();
         Self::write_header(&mut bytes, &chunk, len)?;
@@ -143,6 +147,44 @@ impl ChunkFrame {
         }
         Ok(self.bytes)
     }
+}
+
+thread_local! {
+    /// The frame [`decode_shared`] is decoding on this thread, which a
+    /// chunk's bytes are sliced from. (serde passes a deserializer no context
+    /// of its own.)
+    static SOURCE: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+}
+
+/// [`decode`] of a received frame, whose chunk bytes (if it is a chunk) then
+/// stay where they were received: the chunk's data is a slice of `bytes`,
+/// not a copy, and keeps `bytes` alive as long as it is held.
+pub fn decode_shared(bytes: &Bytes) -> Result<Frame, CodecError> {
+    /// Clears [`SOURCE`] however the decode ends.
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            SOURCE.set(None);
+        }
+    }
+    SOURCE.set(Some(bytes.clone()));
+    let _clear = Clear;
+    decode(bytes)
+}
+
+/// A chunk's bytes `data`, borrowed from the frame being decoded: a slice of
+/// it when [`decode_shared`] is decoding it, a copy otherwise.
+pub(crate) fn chunk_bytes(data: &[u8]) -> Bytes {
+    SOURCE.with_borrow(|source| match source {
+        Some(frame) if within(frame, data) => frame.slice_ref(data),
+        _ => Bytes::copy_from_slice(data),
+    })
+}
+
+/// Whether `part` lies within `whole` (`Bytes::slice_ref` panics otherwise).
+fn within(whole: &[u8], part: &[u8]) -> bool {
+    let (whole, part) = (whole.as_ptr_range(), part.as_ptr_range());
+    whole.start <= part.start && part.end <= whole.end
 }
 
 /// Decodes one frame, refusing anything oversized, truncated, of an unknown
@@ -313,6 +355,49 @@ mod tests {
     }
 
     #[test]
+    fn a_received_frame_decodes_alike_shared_and_copied() {
+        for message in every_message() {
+            let bytes = Bytes::from(encode(&message).unwrap());
+            assert_eq!(decode_shared(&bytes).unwrap(), decode(&bytes).unwrap());
+            for cut in 0..bytes.len() {
+                assert!(
+                    decode_shared(&bytes.slice(..cut)).is_err(),
+                    "{message:?} cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_chunk_decoded_shared_is_a_slice_of_its_frame_and_a_copy_otherwise() {
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let bytes = Bytes::from(
+            encode(&Message::Chunk(Chunk {
+                batch: 1,
+                file: 2,
+                offset: 3,
+                data: data.clone().into(),
+            }))
+            .unwrap(),
+        );
+        let data_of = |frame: Frame| match frame.message {
+            Message::Chunk(chunk) => chunk.data,
+            other => panic!("{other:?}"),
+        };
+        let shared = data_of(decode_shared(&bytes).unwrap());
+        assert_eq!(shared, data);
+        assert!(within(&bytes, &shared), "the chunk's bytes were copied");
+        assert_eq!(shared.as_ptr_range().end, bytes.as_ptr_range().end);
+        // Once that decode is over, decoding the same bytes copies them.
+        let copied = data_of(decode(&bytes).unwrap());
+        assert_eq!(copied, data);
+        assert!(!within(&bytes, &copied), "a plain decode shared the frame");
+        // A frame that fails to decode leaves nothing behind either.
+        assert!(decode_shared(&bytes.slice(..bytes.len() - 1)).is_err());
+        assert!(!within(&bytes, &data_of(decode(&bytes).unwrap())));
+    }
+
+    #[test]
     fn every_truncation_of_every_message_is_an_error() {
         for message in every_message() {
             let bytes = encode(&message).unwrap();
@@ -351,14 +436,14 @@ mod tests {
             batch: 0,
             file: 0,
             offset: 0,
-            data: big,
+            data: big.into(),
         });
         assert!(encode(&chunk).is_err());
         let fits = Message::Chunk(Chunk {
             batch: 0,
             file: 0,
             offset: 0,
-            data: vec![1; MAX_CHUNK],
+            data: vec![1; MAX_CHUNK].into(),
         });
         assert!(decode(&encode(&fits).unwrap()).is_ok());
     }
@@ -370,7 +455,7 @@ mod tests {
             batch: 1,
             file: 2,
             offset: 3,
-            data: data.clone(),
+            data: data.clone().into(),
         }))
         .unwrap();
         // The length as a varint (one byte below 251), then the bytes as
@@ -393,7 +478,7 @@ mod tests {
                 batch,
                 file,
                 offset,
-                data: data.clone(),
+                data: data.clone().into(),
             }))
             .unwrap();
             let mut frame = ChunkFrame::new(batch, file, offset, len).unwrap();
@@ -427,7 +512,7 @@ mod tests {
             batch: 1,
             file: 2,
             offset: 3,
-            data: vec![],
+            data: Bytes::new(),
         }))
         .unwrap();
         bytes.pop(); // the empty length (varint 0)

@@ -606,6 +606,15 @@ impl Drop for ServerLink {
     }
 }
 
+/// Frames from stations this large are decoded in place: a chunk's bytes
+/// stay in the buffer zeromq received the frame into, which it sizes for a
+/// frame over twice its 64 KiB read size alone, instead of being copied
+/// (a copy of every byte of a large file). A smaller frame shares that
+/// buffer with the frames around it, and holding its bytes until they are
+/// written keeps zeromq from reusing the buffer: with D2's 100 KiB chunks the
+/// collector's peak RSS went from 31 to 42 MiB and its CPU up (BENCHMARKS.md).
+const SHARED_FRAME_MIN: usize = 256 << 10;
+
 async fn server_task(
     router: zeromq::RouterSocket,
     incoming: mpsc::Sender<Incoming>,
@@ -630,6 +639,9 @@ async fn server_task(
                 };
                 let peer = Peer { station, identity };
                 let frame = match (frames.next(), frames.next()) {
+                    (Some(body), None) if body.len() >= SHARED_FRAME_MIN => {
+                        codec::decode_shared(&body)
+                    }
                     (Some(body), None) => codec::decode(&body),
                     _ => Err(CodecError::Truncated { len: 0 }),
                 };

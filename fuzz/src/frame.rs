@@ -1,9 +1,10 @@
-//! The `frame` target: hostile bytes into the wire frame decoder
-//! (`ferry_common::codec::decode`), which agent and collector run on every
-//! frame a peer sends.
+//! The `frame` target: hostile bytes into the wire frame decoders
+//! (`ferry_common::codec::decode`, and `decode_shared`, which the collector
+//! runs on every frame a station sends).
 //!
 //! Checked: decoding returns (never panics, never aborts on an allocation:
-//! the runner sets `-malloc_limit_mb` to twice the frame limit); anything
+//! the runner sets `-malloc_limit_mb` to twice the frame limit); both
+//! decoders agree; anything
 //! over the frame limit is refused; whatever decodes re-encodes within the
 //! limit to a frame that decodes to the same message, and re-encoding that is
 //! a fixed point; an error message can be displayed.
@@ -14,13 +15,21 @@ use ferry_common::station::StationId;
 
 /// Decodes `data` and checks the invariants above; panics on a violation.
 pub fn check(data: &[u8]) {
-    let frame = match codec::decode(data) {
+    let decoded = codec::decode(data);
+    let shared = codec::decode_shared(&data.to_vec().into());
+    let frame = match decoded {
         Ok(frame) => frame,
         Err(error) => {
             let _ = error.to_string();
+            assert!(
+                shared.is_err(),
+                "decode_shared accepted what decode refused"
+            );
             return;
         }
     };
+    let shared = shared.expect("decode_shared refused what decode accepted");
+    assert_eq!(shared, frame, "decode_shared and decode disagree");
     assert!(data.len() <= MAX_FRAME, "a frame over the limit decoded");
     assert!(
         (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&frame.version),
@@ -173,7 +182,7 @@ fn messages() -> Vec<(&'static str, Message)> {
                 batch: 1,
                 file: 0,
                 offset: 1 << 20,
-                data,
+                data: data.into(),
             }),
         ),
         ("credit", Message::Credit(Credit { consumed: 5 << 20 })),

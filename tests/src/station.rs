@@ -97,7 +97,7 @@ pub async fn send_partial(
             batch,
             file: 0,
             offset,
-            data: data.to_vec(),
+            data: bytes::Bytes::copy_from_slice(data),
         }))
         .await?;
     }

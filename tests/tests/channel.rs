@@ -101,7 +101,7 @@ async fn a_station_sends_16_mib_in_chunks_byte_identical() {
             batch: 1,
             file: 0,
             offset: (i * chunk) as u64,
-            data: piece.to_vec(),
+            data: bytes::Bytes::copy_from_slice(piece),
         }))
         .await
         .unwrap();

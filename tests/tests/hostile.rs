@@ -152,7 +152,7 @@ async fn bad_peers_get_clear_errors_while_a_good_station_keeps_sending() {
                 batch: 9,
                 file: 0,
                 offset: 0,
-                data: b"abc".to_vec(),
+                data: bytes::Bytes::from_static(b"abc"),
             }))
             .unwrap(),
         )
