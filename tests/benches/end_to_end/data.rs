@@ -194,3 +194,41 @@ fn warm(dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// What writing new data through the page cache costs on this machine right
+/// now, in MB/s: `mib` MiB written into a new file in `dir` and fsynced, a
+/// few seconds after the caches were dropped (as before every timed run),
+/// then the same again at once into the pages just freed.
+///
+/// Where a guest hands memory it has freed back to its host, the first
+/// costs a fault in the host for every page; that cost moves with the host,
+/// from run to run. rsync and sftp write every byte they receive through the
+/// page cache; Ferry's collector writes the files of 64 KiB or more with
+/// direct I/O. A baseline's receiver CPU is read beside these figures.
+pub fn page_cache_rates(dir: &Path, mib: usize) -> Result<(f64, f64)> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("page-cache-probe");
+    let buf = vec![0x5au8; 1 << 20];
+    let write = || -> Result<f64> {
+        let start = std::time::Instant::now();
+        let mut file = std::fs::File::create(&path)?;
+        for _ in 0..mib {
+            file.write_all(&buf)?;
+        }
+        file.sync_all()?;
+        let seconds = start.elapsed().as_secs_f64();
+        Ok((mib << 20) as f64 / 1e6 / seconds)
+    };
+    anyhow::ensure!(
+        std::process::Command::new("sync").status()?.success(),
+        "sync failed"
+    );
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3\n");
+    // Freed memory is handed back a couple of seconds after it is freed.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let fresh = write()?;
+    std::fs::remove_file(&path)?;
+    let reused = write()?;
+    std::fs::remove_file(&path)?;
+    Ok((fresh, reused))
+}

@@ -126,8 +126,14 @@ fn main() -> Result<()> {
             report,
             "\n| data set | tool | seconds | MB/s | files/s | sender CPU s | receiver CPU s | agent RSS MiB | collector RSS MiB | Ferry speed-up (median of rounds) |\n|---|---|---|---|---|---|---|---|---|---|"
         )?;
+        let mut page_cache = Vec::new();
         for set in &options.sets {
             let dir = data::ensure(&options.dir.join("data"), *set)?;
+            let (fresh, reused) = data::page_cache_rates(&options.dir.join("probe"), 256)?;
+            eprintln!(
+                "{set}: page-cache writes {fresh:.0} MB/s into fresh pages, {reused:.0} MB/s into pages just freed"
+            );
+            page_cache.push(format!("{set} {fresh:.0} / {reused:.0}"));
             let mut ferry_runs = Vec::new();
             let mut rsync_runs = Vec::new();
             let mut sftp_runs = Vec::new();
@@ -179,6 +185,12 @@ fn main() -> Result<()> {
             }
             report_file(&options, &report)?;
         }
+        writeln!(
+            report,
+            "\nPage-cache writes before each data set, MB/s into fresh pages / into pages just freed \
+             (256 MiB, fsynced; rsync and sftp write all they receive this way): {}",
+            page_cache.join(", ")
+        )?;
     }
     if !options.skips("latency") {
         let figures = latency::run(&bins, &pki, &options)?;
