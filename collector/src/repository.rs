@@ -204,8 +204,9 @@ pub const DIRECT_MIN: u64 = 64 << 10;
 const ALIGN: usize = 4096;
 
 /// A staging file written past the page cache (`O_DIRECT`). Direct I/O
-/// needs an aligned buffer, offset and length, so each chunk is copied into
-/// an aligned bounce buffer; whole blocks are written at once and only the
+/// needs an aligned buffer, offset and length: a chunk that starts a block
+/// at an aligned address is written from where it is, any other is copied
+/// into an aligned bounce buffer; whole blocks are written at once and only the
 /// bytes of a partial block (a chunk size that is not a multiple of
 /// [`ALIGN`]) wait in memory for the next chunk. The file's length on disk
 /// therefore stays a multiple of [`ALIGN`] until its last block, which is
@@ -630,16 +631,22 @@ impl Staged {
         got: u64,
     ) -> Result<bool, RepositoryError> {
         let on_disk = self.len - direct.pending() as u64;
-        direct.append(data);
-        let whole = direct.pending() / ALIGN * ALIGN;
+        // A chunk that starts a block, at an aligned address (where the
+        // codec copies chunks to), is written from where it is; any other
+        // is copied behind the bytes waiting in the bounce buffer.
+        let in_place = direct.pending() == 0 && data.as_ptr().align_offset(ALIGN) == 0;
+        if !in_place {
+            direct.append(data);
+        }
+        let unwritten: &[u8] = if in_place {
+            data
+        } else {
+            &direct.buf[direct.start..]
+        };
+        let whole = unwritten.len() / ALIGN * ALIGN;
         let overlap = self.key.size >= OVERLAP_FILE_MIN && data.len() >= OVERLAP_MIN;
-        let (mut written, hashed) = write_hashing(
-            &self.file,
-            &direct.buf[direct.start..][..whole],
-            &self.hash,
-            data,
-            overlap,
-        );
+        let (mut written, hashed) =
+            write_hashing(&self.file, &unwritten[..whole], &self.hash, data, overlap);
         if let Err(e) = &written
             && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
         {
@@ -650,10 +657,7 @@ impl Staged {
                 .file
                 .set_len(on_disk)
                 .and_then(|()| set_direct(&self.file, false))
-                .and_then(|()| {
-                    self.file
-                        .write_all(&direct.buf[direct.start..][..direct.pending()])
-                });
+                .and_then(|()| (&self.file).write_all(unwritten));
             if written.is_ok() {
                 advance(&mut self.hash, hashed, data);
                 self.len = got;
@@ -664,7 +668,11 @@ impl Staged {
             let _ = self.file.set_len(on_disk);
             return Err(io_err("write", &self.path)(e));
         }
-        direct.consume(whole);
+        if in_place {
+            direct.append(&data[whole..]);
+        } else {
+            direct.consume(whole);
+        }
         let complete = got == self.key.size;
         if complete && direct.pending() > 0 {
             // The tail block, through the page cache (direct I/O needs
@@ -970,6 +978,44 @@ pub(crate) mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), &data[..whole]);
         let staged = repo.stage(key("large.bin", OVERLAP_FILE_MIN)).unwrap();
         assert_eq!(staged.sha256(), sha(&data[..whole]));
+    }
+
+    #[test]
+    fn chunks_at_aligned_addresses_are_written_from_where_they_are_and_store_what_came() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open(&dir.path().join("repo"), &dir.path().join("staging")).unwrap();
+        let data: Vec<u8> = (0..50 * 4096 + 777u32)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let k = key("aligned.bin", data.len() as u64);
+        let mut staged = repo.stage(k).unwrap();
+        assert!(is_direct(&staged));
+        // Chunks copied to aligned addresses, as the codec hands them over:
+        // whole blocks (written in place); one ending mid-block (written in
+        // place, its tail waits); one behind that tail (through the bounce
+        // buffer, ending on a block boundary); and the last, in place, whose
+        // partial block goes through the page cache.
+        let cuts = [0, 8 * 4096, 8 * 4096 + 5000, 12 * 4096, data.len()];
+        for (n, pair) in cuts.windows(2).enumerate() {
+            let chunk = &data[pair[0]..pair[1]];
+            let mut buf: Vec<u8> = Vec::with_capacity(chunk.len() + ALIGN);
+            let start = buf.as_ptr().align_offset(ALIGN);
+            buf.resize(start, 0);
+            buf.extend_from_slice(chunk);
+            staged.write(pair[0] as u64, &buf[start..]).unwrap();
+            let on_disk = std::fs::metadata(&staged.path).unwrap().len();
+            let expected = [8 * 4096, 9 * 4096, 12 * 4096, data.len() as u64][n];
+            assert_eq!(on_disk, expected, "after chunk {n}");
+        }
+        assert!(!is_direct(&staged));
+        assert_eq!(staged.sha256(), sha(&data));
+        staged.sync().unwrap();
+        let placed = repo.place(&staged, &sha(&data), |_| None).unwrap();
+        repo.discard(staged).unwrap();
+        assert_eq!(
+            std::fs::read(repo.root().join(placed.stored_as())).unwrap(),
+            data
+        );
     }
 
     #[test]

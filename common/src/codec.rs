@@ -173,12 +173,30 @@ pub fn decode_shared(bytes: &Bytes) -> Result<Frame, CodecError> {
 }
 
 /// A chunk's bytes `data`, borrowed from the frame being decoded: a slice of
-/// it when [`decode_shared`] is decoding it, a copy otherwise.
+/// it when [`decode_shared`] is decoding it, an [`aligned_copy`] otherwise.
 pub(crate) fn chunk_bytes(data: &[u8]) -> Bytes {
     SOURCE.with_borrow(|source| match source {
         Some(frame) if within(frame, data) => frame.slice_ref(data),
-        _ => Bytes::copy_from_slice(data),
+        _ => aligned_copy(data),
     })
+}
+
+/// Where a decoded chunk's bytes start when they are copied out of their
+/// frame: at an address that is a multiple of this, so a receiver writing
+/// them with direct I/O (which needs aligned memory) can write them from
+/// where they are rather than copy them again.
+pub const CHUNK_ALIGN: usize = 4096;
+
+/// `data` copied to a [`CHUNK_ALIGN`]-aligned address.
+pub(crate) fn aligned_copy(data: &[u8]) -> Bytes {
+    if data.is_empty() {
+        return Bytes::new();
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(data.len() + CHUNK_ALIGN);
+    let start = buf.as_ptr().align_offset(CHUNK_ALIGN).min(CHUNK_ALIGN);
+    buf.resize(start, 0);
+    buf.extend_from_slice(data);
+    Bytes::from(buf).slice(start..)
 }
 
 /// Whether `part` lies within `whole` (`Bytes::slice_ref` panics otherwise).
@@ -392,6 +410,11 @@ mod tests {
         let copied = data_of(decode(&bytes).unwrap());
         assert_eq!(copied, data);
         assert!(!within(&bytes, &copied), "a plain decode shared the frame");
+        assert_eq!(
+            copied.as_ptr().align_offset(CHUNK_ALIGN),
+            0,
+            "copied unaligned"
+        );
         // A frame that fails to decode leaves nothing behind either.
         assert!(decode_shared(&bytes.slice(..bytes.len() - 1)).is_err());
         assert!(!within(&bytes, &data_of(decode(&bytes).unwrap())));
