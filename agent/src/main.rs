@@ -165,8 +165,11 @@ fn main() -> ExitCode {
 fn run(settings: config::Settings) -> anyhow::Result<()> {
     // One arena: the agent's peak memory stays within its 32 MiB budget.
     ferry_common::malloc::tune(1);
+    // One async thread: the agent talks to one collector at a time, and its
+    // reads and hashing run on blocking threads beside it (a second async
+    // thread only cost CPU, 4% on 10,000 small files; BENCHMARKS.md).
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()?;
     let readiness = ferry_common::readiness::Notifier::from_env();
