@@ -943,6 +943,18 @@ pub(crate) mod tests {
         assert_eq!(repo.staged_len(&k), 0);
     }
 
+    /// Syncs and places `staged`, which holds `data`, and checks that the
+    /// stored file holds it.
+    fn places_what_came(repo: &Repository, staged: Staged, data: &[u8]) {
+        staged.sync().unwrap();
+        let placed = repo.place(&staged, &sha(data), |_| None).unwrap();
+        repo.discard(staged).unwrap();
+        assert_eq!(
+            std::fs::read(repo.root().join(placed.stored_as())).unwrap(),
+            data
+        );
+    }
+
     fn is_direct(staged: &Staged) -> bool {
         rustix::fs::fcntl_getfl(&staged.file)
             .unwrap()
@@ -1009,13 +1021,7 @@ pub(crate) mod tests {
         }
         assert!(!is_direct(&staged));
         assert_eq!(staged.sha256(), sha(&data));
-        staged.sync().unwrap();
-        let placed = repo.place(&staged, &sha(&data), |_| None).unwrap();
-        repo.discard(staged).unwrap();
-        assert_eq!(
-            std::fs::read(repo.root().join(placed.stored_as())).unwrap(),
-            data
-        );
+        places_what_came(&repo, staged, &data);
     }
 
     #[test]
@@ -1050,13 +1056,7 @@ pub(crate) mod tests {
         assert!(!is_direct(&staged));
         assert_eq!(staged.len(), data.len() as u64);
         assert_eq!(staged.sha256(), sha(&data));
-        staged.sync().unwrap();
-        let placed = repo.place(&staged, &sha(&data), |_| None).unwrap();
-        repo.discard(staged).unwrap();
-        assert_eq!(
-            std::fs::read(repo.root().join(placed.stored_as())).unwrap(),
-            data
-        );
+        places_what_came(&repo, staged, &data);
     }
 
     #[test]
