@@ -168,15 +168,21 @@ fn empty_files(dir: &Path) -> Result<()> {
 /// memory and the same cold caches for everything else. Returns whether the
 /// caches could be dropped.
 pub fn settle(source: &Path) -> Result<bool> {
-    anyhow::ensure!(
-        std::process::Command::new("sync").status()?.success(),
-        "sync failed"
-    );
-    let dropped = std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok();
+    let dropped = drop_caches()?;
     if dropped {
         warm(source)?;
     }
     Ok(dropped)
+}
+
+/// Writes dirty pages out, then (as root) drops the page, dentry and inode
+/// caches. Returns whether they could be dropped.
+fn drop_caches() -> Result<bool> {
+    anyhow::ensure!(
+        std::process::Command::new("sync").status()?.success(),
+        "sync failed"
+    );
+    Ok(std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok())
 }
 
 /// Reads every file under `dir` once, to bring it into the page cache.
@@ -219,11 +225,7 @@ pub fn page_cache_rates(dir: &Path, mib: usize) -> Result<(f64, f64)> {
         let seconds = start.elapsed().as_secs_f64();
         Ok((mib << 20) as f64 / 1e6 / seconds)
     };
-    anyhow::ensure!(
-        std::process::Command::new("sync").status()?.success(),
-        "sync failed"
-    );
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3\n");
+    drop_caches()?;
     // Freed memory is handed back a couple of seconds after it is freed.
     std::thread::sleep(std::time::Duration::from_secs(3));
     let fresh = write()?;

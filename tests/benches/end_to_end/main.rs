@@ -112,6 +112,9 @@ fn target_dir() -> PathBuf {
     )
 }
 
+/// MiB written by each page-cache probe ([`data::page_cache_rates`]).
+const PROBE_MIB: usize = 256;
+
 fn main() -> Result<()> {
     let options = options()?;
     std::fs::create_dir_all(&options.dir)?;
@@ -129,7 +132,7 @@ fn main() -> Result<()> {
         let mut page_cache = Vec::new();
         for set in &options.sets {
             let dir = data::ensure(&options.dir.join("data"), *set)?;
-            let (fresh, reused) = data::page_cache_rates(&options.dir.join("probe"), 256)?;
+            let (fresh, reused) = data::page_cache_rates(&options.dir.join("probe"), PROBE_MIB)?;
             eprintln!(
                 "{set}: page-cache writes {fresh:.0} MB/s into fresh pages, {reused:.0} MB/s into pages just freed"
             );
@@ -188,7 +191,7 @@ fn main() -> Result<()> {
         writeln!(
             report,
             "\nPage-cache writes before each data set, MB/s into fresh pages / into pages just freed \
-             (256 MiB, fsynced; rsync and sftp write all they receive this way): {}",
+             ({PROBE_MIB} MiB, fsynced; rsync and sftp write all they receive this way): {}",
             page_cache.join(", ")
         )?;
     }
