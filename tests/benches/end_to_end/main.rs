@@ -15,6 +15,7 @@ mod baseline;
 mod data;
 mod fan_in;
 mod ferry;
+mod floor;
 mod latency;
 mod stats;
 
@@ -34,7 +35,8 @@ options:
   --rounds N          interleaved rounds per data set (default 5)
   --sets LIST         data sets to ship, of d1,d2,d3 (default all)
   --skip LIST         parts to leave out, of transfer,latency,fan-in,apply,
-                      and the baselines rsync,sftp (Ferry alone, for profiling)
+                      the baselines rsync,sftp and the floor (Ferry alone, for
+                      profiling)
   --latency-secs N    how long files are written at 50/s (default 60)
   --stations N        stations in the fan-in (default 200)
   --apply-rows N      catalog rows for the MariaDB apply rate (default 40000)
@@ -120,6 +122,7 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&options.dir)?;
     let bins = ferry::Binaries::release(&target_dir())?;
     let pki = TestPki::new()?;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let mut report = String::new();
     writeln!(report, "{}", stats::machine())?;
 
@@ -130,6 +133,7 @@ fn main() -> Result<()> {
             "\n| data set | tool | seconds | MB/s | files/s | sender CPU s | receiver CPU s | agent RSS MiB | collector RSS MiB | Ferry speed-up (median of rounds) |\n|---|---|---|---|---|---|---|---|---|---|"
         )?;
         let mut page_cache = Vec::new();
+        let mut floor_lines = Vec::new();
         for set in &options.sets {
             let dir = data::ensure(&options.dir.join("data"), *set)?;
             let (fresh, reused) = data::page_cache_rates(&options.dir.join("probe"), PROBE_MIB)?;
@@ -140,6 +144,7 @@ fn main() -> Result<()> {
             let mut ferry_runs = Vec::new();
             let mut rsync_runs = Vec::new();
             let mut sftp_runs = Vec::new();
+            let mut floors = Vec::new();
             let work = options.dir.join("runs");
             for round in 0..options.rounds {
                 settle(&dir);
@@ -158,6 +163,12 @@ fn main() -> Result<()> {
                     eprintln!("{set} round {round}: sftp {:.2} s", s.seconds);
                     sftp_runs.push(s);
                 }
+                if !options.skips("floor") {
+                    settle(&dir);
+                    let f = floor::measure(&dir, &work)?;
+                    eprintln!("{set} round {round}: floor {:.2} s", f.measured.seconds);
+                    floors.push(f);
+                }
             }
             let vs = |base: &[Measured]| {
                 let ratios: Vec<f64> = ferry_runs
@@ -168,6 +179,7 @@ fn main() -> Result<()> {
                 median(&ratios)
             };
             let (vs_rsync, vs_sftp) = (vs(&rsync_runs), vs(&sftp_runs));
+            let floor_runs: Vec<Measured> = floors.iter().map(|f| f.measured.clone()).collect();
             for (tool, runs, ratio) in [
                 ("Ferry", &ferry_runs, String::new()),
                 (
@@ -180,13 +192,41 @@ fn main() -> Result<()> {
                     &sftp_runs,
                     format!("{vs_sftp:.2}×"),
                 ),
+                (
+                    "the floor: the same work in one thread, no network (see below)",
+                    &floor_runs,
+                    String::new(),
+                ),
             ] {
                 if runs.is_empty() {
                     continue;
                 }
                 writeln!(report, "{}", stats::row(set, tool, runs, &ratio))?;
             }
+            if !floors.is_empty() {
+                let cpu = median(
+                    &floor_runs
+                        .iter()
+                        .map(|r| r.sender_cpu + r.receiver_cpu)
+                        .collect::<Vec<_>>(),
+                );
+                floor_lines.push(format!(
+                    "{set}: {cpu:.2} CPU s, that is at least {:.2} s on {cores} cores ({})",
+                    cpu / cores as f64,
+                    floor::stages_line(&floors),
+                ));
+            }
             report_file(&options, &report)?;
+        }
+        if !floor_lines.is_empty() {
+            writeln!(
+                report,
+                "\nThe floor: one thread reads, hashes (SHA-256), seals and opens (AES-256-GCM, 16 KiB records), \
+                 hashes again, compares and writes (direct I/O, one syncfs) every file: the work that a \
+                 verified, encrypted, durable transfer cannot leave out, without moving the bytes between \
+                 its two ends. CPU seconds by stage, medians of rounds:\n\n- {}",
+                floor_lines.join("\n- ")
+            )?;
         }
         writeln!(
             report,
