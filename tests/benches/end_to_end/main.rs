@@ -125,6 +125,7 @@ fn main() -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let mut report = String::new();
     writeln!(report, "{}", stats::machine())?;
+    report_file(&options, &report)?;
 
     if !options.skips("transfer") {
         let ssh = baseline::Sshd::start(&options.dir.join("sshd"))?;
@@ -252,9 +253,21 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Writes the report so far to `report.md` (the latest run's) and to
+/// `reports/<start time>.md`, which later runs leave alone.
 fn report_file(options: &Options, report: &str) -> Result<()> {
-    let path = options.dir.join("report.md");
-    std::fs::write(&path, report).with_context(|| format!("cannot write {}", path.display()))
+    static STARTED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let started = STARTED.get_or_init(stats::utc_stamp);
+    let kept = options.dir.join("reports");
+    std::fs::create_dir_all(&kept)?;
+    for path in [
+        options.dir.join("report.md"),
+        kept.join(format!("{started}.md")),
+    ] {
+        std::fs::write(&path, report)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// [`data::settle`] before a timed run; says once when the caches cannot be

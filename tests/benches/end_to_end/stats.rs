@@ -65,6 +65,20 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
     v[rank.clamp(1, v.len()) - 1]
 }
 
+/// The time now in UTC, in `date`'s `format`.
+fn utc_date(format: &str) -> String {
+    std::process::Command::new("date")
+        .args(["-u", format])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The time now in UTC, for a file name: `20261203T162700Z`.
+pub fn utc_stamp() -> String {
+    utc_date("+%Y%m%dT%H%M%SZ")
+}
+
 /// Cores, memory and kernel of this machine, and the date.
 pub fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -85,11 +99,7 @@ pub fn machine() -> String {
                 .map(|s| s.trim().to_owned())
         })
         .unwrap_or_default();
-    let date = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let date = utc_date("+%Y-%m-%d %H:%M UTC");
     format!(
         "Machine: {cores} cores ({cpu}), {:.1} GiB RAM; run {date}",
         mem_kib as f64 / 1048576.0
