@@ -1,6 +1,6 @@
-//! The floor: what the work that no verified, encrypted and durable
-//! transfer can leave out costs on this machine, measured in the same run as
-//! Ferry and its baselines.
+//! The floor: the CPU that the work no verified, encrypted and durable
+//! transfer can leave out costs on this machine, measured in the same run
+//! as Ferry and its baselines.
 //!
 //! One thread takes each file through what the two ends of a transfer must
 //! do with it: read it, hash it (SHA-256), seal it in TLS-sized records

@@ -2,11 +2,13 @@
 //! legacy one-`get`-per-file sftp pattern, in one run on one machine, both
 //! sides on loopback; then close-to-catalog latency, a 200-station fan-in
 //! and the MariaDB apply rate. Prints a Markdown table (also written to
-//! `target/bench/report.md`).
+//! `target/bench/report.md` and kept under `target/bench/reports`).
 //!
 //! Timings on a small VM swing from run to run, so each data set is shipped
 //! in interleaved rounds (Ferry, rsync, sftp, Ferry, rsync, sftp, ...) and
-//! the table quotes medians and the median of the per-round ratios.
+//! the table quotes medians and the median of the per-round ratios. Each
+//! round ends with the floor (`floor.rs`), the CPU of the work any verified,
+//! encrypted, durable transfer must do, for the table to be read against.
 
 #![allow(clippy::unwrap_used)] // a benchmark driver, not production code
 
