@@ -9,9 +9,9 @@
 //! way for files of 64 KiB or more); then one `syncfs` makes the lot
 //! durable. Every stage is timed in the thread's CPU clock.
 //!
-//! Left out: moving the bytes between the two ends (over loopback TCP its
-//! cost moves with how fast this VM hands out fresh pages for socket
-//! buffers), and what Ferry's design adds: the ZMQ framing and the bridge's
+//! Left out: moving the bytes between the two ends (timed over loopback TCP
+//! between two threads, that part cost more than all of Ferry's TCP, so it
+//! would not bound anything), and what Ferry's design adds: the ZMQ framing and the bridge's
 //! Unix socket on each side, the staging name and rename of each file, the
 //! journal and the two catalogs, the station's ledger and `DUE_BACKUP`,
 //! watching the roots, acknowledgements and flow control.
