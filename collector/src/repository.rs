@@ -202,6 +202,9 @@ pub const DIRECT_MIN: u64 = 64 << 10;
 /// Alignment of direct I/O: buffer address, file offset and length. 4096
 /// covers the logical block size of every common device.
 const ALIGN: usize = 4096;
+// Chunks the codec copies out of their frames land at aligned addresses so
+// that they are written from where they are (see `Staged::write_direct`).
+const _: () = assert!(ferry_common::codec::CHUNK_ALIGN.is_multiple_of(ALIGN));
 
 /// A staging file written past the page cache (`O_DIRECT`). Direct I/O
 /// needs an aligned buffer, offset and length: a chunk that starts a block
@@ -635,12 +638,10 @@ impl Staged {
         // codec copies chunks to), is written from where it is; any other
         // is copied behind the bytes waiting in the bounce buffer.
         let in_place = direct.pending() == 0 && data.as_ptr().align_offset(ALIGN) == 0;
-        if !in_place {
-            direct.append(data);
-        }
         let unwritten: &[u8] = if in_place {
             data
         } else {
+            direct.append(data);
             &direct.buf[direct.start..]
         };
         let whole = unwritten.len() / ALIGN * ALIGN;
@@ -1009,12 +1010,9 @@ pub(crate) mod tests {
         // partial block goes through the page cache.
         let cuts = [0, 8 * 4096, 8 * 4096 + 5000, 12 * 4096, data.len()];
         for (n, pair) in cuts.windows(2).enumerate() {
-            let chunk = &data[pair[0]..pair[1]];
-            let mut buf: Vec<u8> = Vec::with_capacity(chunk.len() + ALIGN);
-            let start = buf.as_ptr().align_offset(ALIGN);
-            buf.resize(start, 0);
-            buf.extend_from_slice(chunk);
-            staged.write(pair[0] as u64, &buf[start..]).unwrap();
+            let chunk = ferry_common::codec::aligned_copy(&data[pair[0]..pair[1]]);
+            assert_eq!(chunk.as_ptr().align_offset(ALIGN), 0);
+            staged.write(pair[0] as u64, &chunk).unwrap();
             let on_disk = std::fs::metadata(&staged.path).unwrap().len();
             let expected = [8 * 4096, 9 * 4096, 12 * 4096, data.len() as u64][n];
             assert_eq!(on_disk, expected, "after chunk {n}");

@@ -188,7 +188,7 @@ pub(crate) fn chunk_bytes(data: &[u8]) -> Bytes {
 pub const CHUNK_ALIGN: usize = 4096;
 
 /// `data` copied to a [`CHUNK_ALIGN`]-aligned address.
-pub(crate) fn aligned_copy(data: &[u8]) -> Bytes {
+pub fn aligned_copy(data: &[u8]) -> Bytes {
     if data.is_empty() {
         return Bytes::new();
     }
