@@ -5,7 +5,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 /// One of the three transfer data sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,4 +233,26 @@ pub fn page_cache_rates(dir: &Path, mib: usize) -> Result<(f64, f64)> {
     let reused = write()?;
     std::fs::remove_file(&path)?;
     Ok((fresh, reused))
+}
+
+/// Regular files under `root` (path relative to it, length), sorted.
+pub fn files(root: &Path) -> Result<Vec<(PathBuf, u64)>> {
+    let mut files = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let here = root.join(&rel);
+        for entry in
+            std::fs::read_dir(&here).with_context(|| format!("cannot list {}", here.display()))?
+        {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                stack.push(rel.join(entry.file_name()));
+            } else if meta.is_file() {
+                files.push((rel.join(entry.file_name()), meta.len()));
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
 }

@@ -314,24 +314,8 @@ pub fn ship(bins: &Binaries, pki: &TestPki, root: &Path, work: &Path) -> Result<
 
 /// Regular files and bytes under `dir`.
 pub fn count(dir: &Path) -> Result<(usize, u64)> {
-    let mut files = 0;
-    let mut bytes = 0;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in
-            std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))?
-        {
-            let entry = entry?;
-            let meta = entry.metadata()?;
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else if meta.is_file() {
-                files += 1;
-                bytes += meta.len();
-            }
-        }
-    }
-    Ok((files, bytes))
+    let files = data::files(dir)?;
+    Ok((files.len(), files.iter().map(|(_, len)| len).sum()))
 }
 
 /// The last lines of a log, for error messages.

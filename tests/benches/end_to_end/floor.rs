@@ -18,7 +18,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
@@ -57,7 +57,7 @@ pub struct Floor {
 
 /// Passes every file under `root` through the floor, writing under `work`.
 pub fn measure(root: &Path, work: &Path) -> Result<Floor> {
-    let files = list(root)?;
+    let files = data::files(root)?;
     let dir = work.join("floor");
     data::clear(&dir)?;
     std::fs::create_dir_all(&dir)?;
@@ -173,28 +173,6 @@ pub fn stages_line(floors: &[Floor]) -> String {
         m(|s| s.write),
         m(|s| s.sync),
     )
-}
-
-/// Regular files under `root` (path relative to it, length), sorted.
-fn list(root: &Path) -> Result<Vec<(PathBuf, u64)>> {
-    let mut files = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let here = root.join(&rel);
-        for entry in
-            std::fs::read_dir(&here).with_context(|| format!("cannot list {}", here.display()))?
-        {
-            let entry = entry?;
-            let meta = entry.metadata()?;
-            if meta.is_dir() {
-                stack.push(rel.join(entry.file_name()));
-            } else if meta.is_file() {
-                files.push((rel.join(entry.file_name()), meta.len()));
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
 }
 
 /// This thread's CPU clock, in seconds.
