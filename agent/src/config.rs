@@ -71,6 +71,11 @@ pub struct Settings {
     pub min_size: u64,
     /// Period of the full rescan that catches what events missed.
     pub rescan_interval: Duration,
+    /// Period of the content re-check: every backed-up file is read and
+    /// compared with its acknowledged hash, to find a rewrite no metadata
+    /// shows (made while the agent was stopped, or under a poll-mode root).
+    /// `None`: off.
+    pub content_recheck: Option<Duration>,
     /// Batch limits.
     pub batch: Batch,
     /// What to do with a file once the collector has acknowledged it.
@@ -260,6 +265,10 @@ struct RawConfig {
     /// Seconds between full rescans of every root (default 3600).
     #[serde(default = "defaults::rescan_interval_secs")]
     rescan_interval_secs: u64,
+    /// Seconds between re-reads of every backed-up file to compare it with
+    /// the acknowledged content (default 0: never).
+    #[serde(default)]
+    content_recheck_secs: u64,
     /// Batch limits.
     #[serde(default)]
     batch: RawBatch,
@@ -452,6 +461,8 @@ impl Validator<'_> {
             min_age: Duration::from_secs(raw.min_age_secs),
             min_size: raw.min_size,
             rescan_interval,
+            content_recheck: (raw.content_recheck_secs > 0)
+                .then(|| Duration::from_secs(raw.content_recheck_secs)),
             batch,
             after_ack,
             legacy,

@@ -171,6 +171,19 @@ pub async fn run(
         )
         .instrument(span.clone()),
     ));
+    if let Some(every) = settings.content_recheck {
+        let due_changed = due_changed.clone();
+        tasks.push(tokio::spawn(
+            crate::recheck::run(
+                settings.clone(),
+                ledger.clone(),
+                every,
+                move || due_changed.mark(),
+                shutdown.clone(),
+            )
+            .instrument(span.clone()),
+        ));
+    }
     tasks.push(tokio::spawn(
         send_due(
             settings.clone(),
@@ -260,6 +273,7 @@ fn observation(seen: &Seen) -> Observation {
         root: seen.root.clone(),
         rel_path: seen.rel_path.clone(),
         identity: seen.identity,
+        written: seen.written,
     }
 }
 
@@ -481,7 +495,8 @@ fn handle(
                 return;
             };
             match files::stat(root, &path) {
-                Some(seen) => {
+                Some(mut seen) => {
+                    seen.written = true;
                     settler.forget(&path);
                     enter(settings, ledger, vec![seen], settler, due_changed, metrics);
                 }
@@ -500,7 +515,8 @@ fn handle(
             let Some(root) = root_of(&settings.roots, &path) else {
                 return;
             };
-            if let Some(seen) = files::stat(root, &path) {
+            if let Some(mut seen) = files::stat(root, &path) {
+                seen.written = true;
                 settler.note(seen, SystemTime::now());
             }
         }
@@ -602,6 +618,7 @@ async fn send_due(
         metrics: metrics.clone(),
         queued: None,
         running: None,
+        running_ids: Vec::new(),
     };
     let context = Context {
         ledger: &ledger,
@@ -625,10 +642,17 @@ async fn send_due(
             due_list.changed();
         }
         let now = SystemTime::now();
+        // A file is never in two batches at once: one still on the wire, or
+        // whose ack is not yet recorded, waits (it is due again when it
+        // changed meanwhile).
+        let busy = busy_ids(in_flight.as_ref(), &settling);
         let due = match tokio::task::block_in_place(|| {
             lock(&ledger).due(settings.batch.max_files, now)
         }) {
-            Ok(due) => due,
+            Ok(mut due) => {
+                due.retain(|d| !busy.contains(&d.key.id));
+                due
+            }
             Err(error) => {
                 metrics.error(ErrorKind::Ledger);
                 warn!(%error, "ledger unreadable");
@@ -780,14 +804,18 @@ async fn send_due(
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
         }
+        let busy = busy_ids(in_flight.as_ref(), &settling);
         let due = match tokio::task::block_in_place(|| {
             lock(&ledger).due(settings.batch.max_files, SystemTime::now())
         }) {
-            Ok(due) => due,
+            Ok(mut due) => {
+                due.retain(|d| !busy.contains(&d.key.id));
+                due
+            }
             Err(_) => continue,
         };
         let mut bytes = 0u64;
-        let batch: Vec<DueFile> = due
+        let mut batch: Vec<DueFile> = due
             .into_iter()
             .enumerate()
             .take_while(|(i, d)| {
@@ -802,7 +830,7 @@ async fn send_due(
         let Some(current) = link.as_mut() else {
             continue;
         };
-        let keys: Vec<_> = batch.iter().map(|d| d.key).collect();
+        let mut keys: Vec<_> = batch.iter().map(|d| d.key).collect();
         let _ = tokio::task::block_in_place(|| lock(&ledger).mark_sending(&keys));
         // The ledger is done with for this batch: the last ack received is
         // recorded beside its streaming.
@@ -825,10 +853,40 @@ async fn send_due(
             .collect();
         // An earlier offer of these may have been stored with its ack lost:
         // offering the hash lets the collector say so instead of asking for
-        // the whole file again.
+        // the whole file again. A file seen written (or changed) after its
+        // backup is compared with the acknowledged content: equal content
+        // is not sent again.
+        let mut unchanged = Vec::new();
         for (file, due) in files.iter_mut().zip(&batch) {
-            if due.offered {
+            if due.offered || due.compare_with.is_some() {
                 file.sha256 = tokio::task::block_in_place(|| sender::hash_unchanged(file));
+                if due.compare_with.is_some() && file.sha256 == due.compare_with {
+                    unchanged.push(due.key);
+                }
+            }
+        }
+        if !unchanged.is_empty() {
+            if let Err(error) =
+                tokio::task::block_in_place(|| lock(&ledger).mark_unchanged(&unchanged))
+            {
+                metrics.error(ErrorKind::Ledger);
+                warn!(%error, "ledger update failed");
+                batch_failed(&keys, &context);
+                continue;
+            }
+            debug!(
+                files = unchanged.len(),
+                "written again with the acknowledged content: not sent"
+            );
+            due_list.changed();
+            let keep: Vec<bool> = batch.iter().map(|d| !unchanged.contains(&d.key)).collect();
+            let mut flags = keep.iter();
+            batch.retain(|_| flags.next().copied().unwrap_or(true));
+            let mut flags = keep.iter();
+            files.retain(|_| flags.next().copied().unwrap_or(true));
+            keys.retain(|k| !unchanged.contains(k));
+            if batch.is_empty() {
+                continue;
             }
         }
         batch_no += 1;
@@ -888,6 +946,23 @@ async fn send_due(
     let mut state = status::read(&state_path);
     state.connected = false;
     status::write(&state_path, &state);
+}
+
+/// Row ids of the files in a batch on the wire or whose ack is not yet
+/// recorded.
+fn busy_ids(in_flight: Option<&Pending>, settling: &Settling) -> std::collections::HashSet<i64> {
+    in_flight
+        .into_iter()
+        .flat_map(|p| &p.keys)
+        .chain(
+            settling
+                .queued
+                .iter()
+                .flat_map(|s| s.batch.iter().map(|d| &d.key)),
+        )
+        .map(|k| k.id)
+        .chain(settling.running_ids.iter().copied())
+        .collect()
 }
 
 /// Connection attempts to the collector, spaced by a backoff after failures.
@@ -1083,6 +1158,8 @@ struct Settling {
     queued: Option<Settled>,
     /// Gives the ack's time, if the ledger recorded it.
     running: Option<tokio::task::JoinHandle<Option<SystemTime>>>,
+    /// The row ids of the batch being recorded.
+    running_ids: Vec<i64>,
 }
 
 impl Settling {
@@ -1104,6 +1181,7 @@ impl Settling {
             self.ledger.clone(),
             self.metrics.clone(),
         );
+        self.running_ids = settled.batch.iter().map(|d| d.key.id).collect();
         self.running = Some(tokio::task::spawn_blocking(move || {
             let span = settled.span.clone();
             span.in_scope(|| settle_batch(&settings, &ledger, &metrics, settled))
@@ -1118,6 +1196,7 @@ impl Settling {
         let Some(running) = self.running.take() else {
             return false;
         };
+        self.running_ids.clear();
         if let Ok(Some(acked_at)) = running.await {
             let mut state = status::read(state_path);
             state.last_ack = Some(acked_at);

@@ -14,8 +14,18 @@
 //! Such a file is offered again with its hash, so the collector can say it
 //! already holds it instead of asking for every byte once more.
 //!
+//! A rescan compares everything the filesystem offers: size, mtime and
+//! ctime to the nanosecond, and the inode. That is not enough on its own: a
+//! same-size rewrite within one tick of a coarse clock (filesystems with
+//! one-second timestamps) keeps all of them. So a file the watcher saw
+//! written (close-write, modify, rename onto it) counts as possibly changed
+//! whatever its metadata says, and so does one whose metadata changed after
+//! its backup; such a row is due with `verify` set, and the sender compares
+//! its content with the last acknowledged SHA-256 (kept in `sha256`) before
+//! anything is sent: equal content goes back to `done` without a transfer.
+//!
 //! Every row carries a `generation` that grows whenever the file's identity
-//! changes. Batches carry the [`FileKey`] (id and generation) they read, and
+//! changes (or it was seen written). Batches carry the [`FileKey`] (id and generation) they read, and
 //! an ack or failure for an older generation does not touch the row: a file
 //! rewritten while its previous content was on the wire stays due.
 //!
@@ -85,13 +95,19 @@ pub enum LedgerError {
 }
 
 /// What identifies one version of a file on disk: when any of these change,
-/// the content is taken to have changed.
+/// the content may have changed (see the module docs for when it changed
+/// although none of these did).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Identity {
     /// Size in bytes.
     pub size: u64,
     /// Modification time in nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
+    /// Status change time in nanoseconds since the Unix epoch: moves on
+    /// every write and every change of the inode, and unlike the mtime no
+    /// writer can set it back. 0 in rows written before it was recorded,
+    /// where it is not compared.
+    pub ctime_ns: i64,
     /// Inode number (a file replaced by rename gets a new one).
     pub inode: u64,
 }
@@ -125,7 +141,8 @@ pub enum Observed {
     Unchanged,
     /// Changed before it was backed up; still due, with the new identity.
     Changed,
-    /// Changed after it was backed up; due again.
+    /// Changed, or seen written, after it was backed up; due again, and
+    /// compared with the acknowledged content before it is sent.
     ChangedAfterBackup,
 }
 
@@ -136,8 +153,12 @@ pub struct Observation {
     pub root: String,
     /// Path below the root.
     pub rel_path: PathBuf,
-    /// Size, mtime and inode as seen.
+    /// Size, mtimes and inode as seen.
     pub identity: Identity,
+    /// Whether the watcher saw the file written (close-write, modify, a
+    /// rename onto it) since it last looked: then the content may have
+    /// changed even if the identity did not.
+    pub written: bool,
 }
 
 /// A file waiting to be sent.
@@ -158,6 +179,11 @@ pub struct DueFile {
     /// Whether this content was offered before and its fate is unknown: the
     /// collector may hold it already (offer it with its hash).
     pub offered: bool,
+    /// The SHA-256 last acknowledged for this path, when the file must be
+    /// compared with it before it is sent (it was seen written, or its
+    /// metadata changed, after that ack): equal content is not sent again
+    /// ([`Ledger::mark_unchanged`]).
+    pub compare_with: Option<[u8; 32]>,
 }
 
 /// The collector's acknowledgement of one file.
@@ -179,6 +205,21 @@ pub struct AckedFile {
     /// The identity that was acked; delete or move the file only if it still
     /// has it.
     pub identity: Identity,
+}
+
+/// A backed-up file, for the periodic content re-check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoneFile {
+    /// The row and generation that was acked.
+    pub key: FileKey,
+    /// Name of the configured root.
+    pub root: String,
+    /// Path below the root.
+    pub rel_path: PathBuf,
+    /// The identity it was acked (or last seen unchanged) with.
+    pub identity: Identity,
+    /// SHA-256 of the acknowledged content.
+    pub sha256: [u8; 32],
 }
 
 /// A due file that disappeared before it was backed up.
@@ -319,7 +360,8 @@ impl Ledger {
         &self.path
     }
 
-    /// Records that `rel_path` under `root` was seen with `identity`.
+    /// Records that `rel_path` under `root` was seen with `identity` (by a
+    /// scan: not known to be written since the last look).
     pub fn observe(
         &mut self,
         root: &str,
@@ -329,7 +371,8 @@ impl Ledger {
     ) -> Result<Observed, LedgerError> {
         let err = self.sql();
         let tx = self.conn.transaction().map_err(&err)?;
-        let observed = observe_in(&tx, root, rel_path, identity, to_ms(now)).map_err(&err)?;
+        let observed =
+            observe_in(&tx, root, rel_path, identity, false, to_ms(now)).map_err(&err)?;
         tx.commit().map_err(&err)?;
         Ok(observed)
     }
@@ -345,7 +388,9 @@ impl Ledger {
         let tx = self.conn.transaction().map_err(&err)?;
         let mut out = Vec::with_capacity(observations.len());
         for o in observations {
-            out.push(observe_in(&tx, &o.root, &o.rel_path, o.identity, now).map_err(&err)?);
+            out.push(
+                observe_in(&tx, &o.root, &o.rel_path, o.identity, o.written, now).map_err(&err)?,
+            );
         }
         tx.commit().map_err(&err)?;
         Ok(out)
@@ -358,8 +403,8 @@ impl Ledger {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, generation, root, rel_path, size, mtime_ns, inode, attempts, due_since,
-                        offered
+                "SELECT id, generation, root, rel_path, size, mtime_ns, ctime_ns, inode, attempts,
+                        due_since, offered, CASE WHEN verify = 1 THEN sha256 END
                  FROM files
                  WHERE state = 'due' AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)
                  ORDER BY due_since, id
@@ -379,11 +424,15 @@ impl Ledger {
                     identity: Identity {
                         size: from_sql_u64(row.get(4)?),
                         mtime_ns: row.get(5)?,
-                        inode: from_sql_u64(row.get(6)?),
+                        ctime_ns: row.get(6)?,
+                        inode: from_sql_u64(row.get(7)?),
                     },
-                    attempts: u32::try_from(row.get::<_, i64>(7)?).unwrap_or(u32::MAX),
-                    due_since: from_ms(row.get(8)?),
-                    offered: row.get::<_, i64>(9)? != 0,
+                    attempts: u32::try_from(row.get::<_, i64>(8)?).unwrap_or(u32::MAX),
+                    due_since: from_ms(row.get(9)?),
+                    offered: row.get::<_, i64>(10)? != 0,
+                    compare_with: row
+                        .get::<_, Option<Vec<u8>>>(11)?
+                        .and_then(|h| <[u8; 32]>::try_from(h).ok()),
                 })
             })
             .map_err(&err)?;
@@ -438,10 +487,37 @@ impl Ledger {
         Ok(reverted)
     }
 
+    /// Returns files of a batch to `done` whose content turned out equal to
+    /// the last acknowledged one ([`DueFile::compare_with`]): nothing to
+    /// send, and no new `BACKUP_DONE` line. Returns how many.
+    pub fn mark_unchanged(&mut self, keys: &[FileKey]) -> Result<usize, LedgerError> {
+        let err = self.sql();
+        let tx = self.conn.transaction().map_err(&err)?;
+        let mut done = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE files SET state = 'done', verify = 0, offered = 0
+                     WHERE id = ?1 AND generation = ?2 AND state = 'sent-pending'
+                       AND verify = 1",
+                )
+                .map_err(&err)?;
+            for key in keys {
+                done += stmt
+                    .execute(params![key.id, key.generation])
+                    .map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)?;
+        Ok(done)
+    }
+
     /// Records the collector's acks durably (this commit is fsynced) and
     /// returns the files that became done. An ack for an older generation
-    /// (the file changed meanwhile) or a repeated ack changes nothing and is
-    /// not returned, so `BACKUP_DONE` never gets a line twice. The files'
+    /// (the file changed meanwhile) or a repeated ack is not returned, so
+    /// `BACKUP_DONE` never gets a line twice; the older generation's hash is
+    /// kept, though, as what the collector last stored for the path, and the
+    /// newer content is compared with it before it is sent. The files'
     /// post-ack work is [`Ledger::post_ack_pending`] until
     /// [`Ledger::post_ack_done`].
     pub fn mark_acked(
@@ -471,10 +547,16 @@ impl Ledger {
             let mut stmt = tx
                 .prepare_cached(
                     "UPDATE files SET state = 'done', sha256 = ?3, acked_at = ?4, attempts = 0,
-                         offered = 0, post_ack_pending = 1,
+                         offered = 0, verify = 0, post_ack_pending = 1,
                          last_error = NULL, last_error_at = NULL, next_attempt_at = NULL
                      WHERE id = ?1 AND generation = ?2 AND state <> 'done'
-                     RETURNING root, rel_path, size, mtime_ns, inode",
+                     RETURNING root, rel_path, size, mtime_ns, ctime_ns, inode",
+                )
+                .map_err(&err)?;
+            let mut older = tx
+                .prepare_cached(
+                    "UPDATE files SET sha256 = ?3, verify = 1
+                     WHERE id = ?1 AND generation > ?2 AND state <> 'done'",
                 )
                 .map_err(&err)?;
             for ack in acks {
@@ -485,6 +567,11 @@ impl Ledger {
                     )
                     .optional()
                     .map_err(&err)?;
+                if row.is_none() {
+                    older
+                        .execute(params![ack.key.id, ack.key.generation, &ack.sha256[..]])
+                        .map_err(&err)?;
+                }
                 done.extend(row);
             }
             if !done.is_empty() {
@@ -505,7 +592,7 @@ impl Ledger {
             .prepare_cached(
                 // The partial index holds only the few pending rows; the
                 // planner cannot know it beats the state index.
-                "SELECT root, rel_path, size, mtime_ns, inode
+                "SELECT root, rel_path, size, mtime_ns, ctime_ns, inode
                  FROM files INDEXED BY files_post_ack_pending
                  WHERE post_ack_pending = 1 AND state = 'done' ORDER BY acked_at, id",
             )
@@ -637,6 +724,74 @@ impl Ledger {
             .collect();
         due.sort_by(|a, b| a.rel_path.as_os_str().cmp(b.rel_path.as_os_str()));
         Ok(due)
+    }
+
+    /// Up to `limit` backed-up files with row ids above `after`, in id
+    /// order, with their acknowledged hash: a page of the periodic content
+    /// re-check.
+    pub fn done_page(&self, after: i64, limit: usize) -> Result<Vec<DoneFile>, LedgerError> {
+        let err = self.sql();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, generation, root, rel_path, size, mtime_ns, ctime_ns, inode, sha256
+                 FROM files
+                 WHERE id > ?1 AND state = 'done' AND sha256 IS NOT NULL
+                 ORDER BY id LIMIT ?2",
+            )
+            .map_err(&err)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![after, limit], |row| {
+                Ok((
+                    FileKey {
+                        id: row.get(0)?,
+                        generation: row.get(1)?,
+                    },
+                    row.get::<_, String>(2)?,
+                    path_from_blob(row.get(3)?),
+                    Identity {
+                        size: from_sql_u64(row.get(4)?),
+                        mtime_ns: row.get(5)?,
+                        ctime_ns: row.get(6)?,
+                        inode: from_sql_u64(row.get(7)?),
+                    },
+                    row.get::<_, Vec<u8>>(8)?,
+                ))
+            })
+            .map_err(&err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, root, rel_path, identity, sha) = row.map_err(&err)?;
+            if let Ok(sha256) = <[u8; 32]>::try_from(sha) {
+                out.push(DoneFile {
+                    key,
+                    root,
+                    rel_path,
+                    identity,
+                    sha256,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes a backed-up file due again because its content no longer
+    /// matches the acknowledged hash (the periodic re-check found it
+    /// rewritten behind identical metadata). Whether it was still done in
+    /// that generation.
+    pub fn content_changed(&mut self, key: FileKey, now: SystemTime) -> Result<bool, LedgerError> {
+        let err = self.sql();
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE files SET generation = generation + 1, state = 'due', verify = 0,
+                     offered = 0, attempts = 0, due_since = ?3
+                 WHERE id = ?1 AND generation = ?2 AND state = 'done'",
+                params![key.id, key.generation, to_ms(now)],
+            )
+            .map_err(&err)?;
+        Ok(changed == 1)
     }
 
     /// Where a file stands, if the ledger knows it.
@@ -840,6 +995,11 @@ const MIGRATIONS: &[&str] = &[
     // post-ack action.
     "ALTER TABLE files ADD COLUMN post_ack_pending INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX files_post_ack_pending ON files (acked_at, id) WHERE post_ack_pending = 1;",
+    // 4: the ctime (0: not yet seen, not compared), and whether a due
+    // file's content must be compared with the last acked hash (`sha256`,
+    // from now on kept when the file changes) before it is sent.
+    "ALTER TABLE files ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE files ADD COLUMN verify INTEGER NOT NULL DEFAULT 0;",
 ];
 
 fn observe_in(
@@ -847,14 +1007,16 @@ fn observe_in(
     root: &str,
     rel_path: &Path,
     identity: Identity,
+    written: bool,
     now: i64,
 ) -> rusqlite::Result<Observed> {
     let rel = rel_path.as_os_str().as_bytes();
     let size = to_sql_u64(identity.size);
     let inode = to_sql_u64(identity.inode);
-    let known: Option<(i64, i64, i64, i64, String)> = tx
+    let known: Option<(i64, i64, i64, i64, i64, String)> = tx
         .prepare_cached(
-            "SELECT id, size, mtime_ns, inode, state FROM files WHERE root = ?1 AND rel_path = ?2",
+            "SELECT id, size, mtime_ns, ctime_ns, inode, state
+             FROM files WHERE root = ?1 AND rel_path = ?2",
         )?
         .query_row(params![root, rel], |row| {
             Ok((
@@ -863,33 +1025,56 @@ fn observe_in(
                 row.get(2)?,
                 row.get(3)?,
                 row.get(4)?,
+                row.get(5)?,
             ))
         })
         .optional()?;
-    let Some((id, old_size, old_mtime, old_inode, state)) = known else {
+    let Some((id, old_size, old_mtime, old_ctime, old_inode, state)) = known else {
         tx.prepare_cached(
-            "INSERT INTO files (root, rel_path, size, mtime_ns, inode, state,
+            "INSERT INTO files (root, rel_path, size, mtime_ns, ctime_ns, inode, state,
                                 first_seen, due_since, last_seen)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'due', ?6, ?6, ?6)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'due', ?7, ?7, ?7)",
         )?
-        .execute(params![root, rel, size, identity.mtime_ns, inode, now])?;
+        .execute(params![
+            root,
+            rel,
+            size,
+            identity.mtime_ns,
+            identity.ctime_ns,
+            inode,
+            now
+        ])?;
         return Ok(Observed::New);
     };
-    if (old_size, old_mtime, old_inode) == (size, identity.mtime_ns, inode) {
-        tx.prepare_cached("UPDATE files SET last_seen = ?2 WHERE id = ?1")?
-            .execute(params![id, now])?;
+    // A row from before ctimes were recorded compares without one.
+    let same = (old_size, old_mtime, old_inode) == (size, identity.mtime_ns, inode)
+        && (old_ctime == 0 || old_ctime == identity.ctime_ns);
+    // A due file is read as it is when it goes: a write needs no new
+    // generation. One on the wire or backed up may have new content.
+    if same && !(written && state != "due") {
+        tx.prepare_cached("UPDATE files SET last_seen = ?2, ctime_ns = ?3 WHERE id = ?1")?
+            .execute(params![id, now, identity.ctime_ns])?;
         return Ok(Observed::Unchanged);
     }
-    // New content: a new generation, due now, with a clean slate of
-    // attempts (the old errors were about the old content).
+    // Maybe new content: a new generation, due now, with a clean slate of
+    // attempts (the old errors were about the old content). The hash of the
+    // last acked content stays, and the new content is compared with it.
     tx.prepare_cached(
-        "UPDATE files SET size = ?2, mtime_ns = ?3, inode = ?4, generation = generation + 1,
-             sha256 = NULL, state = 'due', offered = 0, attempts = 0, last_error = NULL,
-             last_error_at = NULL, next_attempt_at = NULL, acked_at = NULL,
-             due_since = ?5, last_seen = ?5
+        "UPDATE files SET size = ?2, mtime_ns = ?3, ctime_ns = ?4, inode = ?5,
+             generation = generation + 1, verify = (sha256 IS NOT NULL),
+             state = 'due', offered = 0, attempts = 0, last_error = NULL,
+             last_error_at = NULL, next_attempt_at = NULL,
+             due_since = ?6, last_seen = ?6
          WHERE id = ?1",
     )?
-    .execute(params![id, size, identity.mtime_ns, inode, now])?;
+    .execute(params![
+        id,
+        size,
+        identity.mtime_ns,
+        identity.ctime_ns,
+        inode,
+        now
+    ])?;
     Ok(if state == "done" {
         Observed::ChangedAfterBackup
     } else {
@@ -919,7 +1104,8 @@ fn set_marker_in(conn: &Connection, name: &str, value: i64) -> rusqlite::Result<
     Ok(())
 }
 
-/// An [`AckedFile`] from a row of `root, rel_path, size, mtime_ns, inode`.
+/// An [`AckedFile`] from a row of `root, rel_path, size, mtime_ns,
+/// ctime_ns, inode`.
 fn acked_file(row: &rusqlite::Row<'_>) -> rusqlite::Result<AckedFile> {
     Ok(AckedFile {
         root: row.get(0)?,
@@ -927,7 +1113,8 @@ fn acked_file(row: &rusqlite::Row<'_>) -> rusqlite::Result<AckedFile> {
         identity: Identity {
             size: from_sql_u64(row.get(2)?),
             mtime_ns: row.get(3)?,
-            inode: from_sql_u64(row.get(4)?),
+            ctime_ns: row.get(4)?,
+            inode: from_sql_u64(row.get(5)?),
         },
     })
 }

@@ -7,6 +7,7 @@ pub mod due_list;
 pub mod halt_flag;
 pub mod ledger;
 pub mod metrics;
+pub mod recheck;
 pub mod sandbox;
 pub mod sender;
 pub mod status;

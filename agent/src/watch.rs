@@ -26,6 +26,11 @@ pub struct Seen {
     pub abs_path: PathBuf,
     pub identity: Identity,
     pub mtime: SystemTime,
+    /// Whether an event said the file was written (close-write, modify,
+    /// rename onto it): its content may have changed even if its identity
+    /// did not (a same-size rewrite within one tick of a coarse clock, or
+    /// a writer that put the mtime back).
+    pub written: bool,
 }
 
 /// Why a root could not be scanned (the scan goes on with the others).
@@ -54,9 +59,11 @@ pub fn stat(root: &Root, abs_path: &Path) -> Option<Seen> {
         identity: Identity {
             size: meta.len(),
             mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
             inode: meta.ino(),
         },
         mtime,
+        written: false,
     })
 }
 
@@ -102,11 +109,13 @@ pub struct Settler {
 
 impl Settler {
     /// Notes a file that is not known to be finished; it becomes ready when
-    /// seen unchanged for `settle`.
-    pub fn note(&mut self, seen: Seen, now: SystemTime) {
-        match self.pending.get(&seen.abs_path) {
-            Some((old, _)) if old.identity == seen.identity => {}
-            _ => {
+    /// seen unchanged for `settle`. That it was seen written is kept until
+    /// it is ready.
+    pub fn note(&mut self, mut seen: Seen, now: SystemTime) {
+        match self.pending.get_mut(&seen.abs_path) {
+            Some((old, _)) if old.identity == seen.identity => old.written |= seen.written,
+            old => {
+                seen.written |= old.is_some_and(|(old, _)| old.written);
                 self.pending.insert(seen.abs_path.clone(), (seen, now));
             }
         }
@@ -137,12 +146,14 @@ impl Settler {
             };
             match stat(root, abs) {
                 None => false,
-                Some(current) if current.identity != seen.identity => {
+                Some(mut current) if current.identity != seen.identity => {
+                    current.written = seen.written;
                     *seen = current;
                     *since = now;
                     true
                 }
-                Some(current) => {
+                Some(mut current) => {
+                    current.written = seen.written;
                     if now.duration_since(*since).unwrap_or_default() >= settle {
                         ready.push(current);
                         false

@@ -27,6 +27,7 @@ fn acked_in_ledger(agent: &TestAgent, rel: &str) {
     let identity = Identity {
         size: meta.len(),
         mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
         inode: meta.ino(),
     };
     let mut ledger = Ledger::open(&agent.settings.ledger).unwrap();

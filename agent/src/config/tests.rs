@@ -86,6 +86,7 @@ fn defaults_fill_what_a_minimal_config_leaves_out() {
     assert_eq!(s.legacy.halt_timeout, Duration::from_secs(5 * 3600));
     assert_eq!(s.settle, Duration::from_secs(5));
     assert_eq!(s.rescan_interval, Duration::from_secs(3600));
+    assert_eq!(s.content_recheck, None);
     assert_eq!(s.batch.max_files, 1000);
     assert_eq!(s.batch.linger, Duration::from_millis(200));
     assert_eq!(s.after_ack, AfterAck::Keep);

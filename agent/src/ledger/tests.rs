@@ -16,6 +16,7 @@ fn id(size: u64, mtime_s: i64, inode: u64) -> Identity {
     Identity {
         size,
         mtime_ns: mtime_s * 1_000_000_000,
+        ctime_ns: mtime_s * 1_000_000_000,
         inode,
     }
 }
@@ -415,6 +416,7 @@ fn a_sweep_after_a_rescan_forgets_files_not_seen_and_reports_the_due_ones() {
                 root: root.into(),
                 rel_path: rel(name),
                 identity: id(5, 1, inode),
+                written: false,
             })
             .collect()
     };
@@ -451,6 +453,7 @@ fn a_file_still_settling_at_a_rescan_is_not_taken_for_vanished() {
         root: "data".into(),
         rel_path: rel(name),
         identity: id(5, 1, inode),
+        written: false,
     };
     ledger
         .observe_many(&[seen("settled", 1), seen("young", 2)], t(0))
@@ -691,4 +694,137 @@ fn acks_survive_kill_9() {
     names.dedup();
     assert_eq!(names.len(), due.len(), "a file is in the ledger twice");
     assert!(due.len() >= 50);
+}
+
+fn written(identity: Identity) -> Observation {
+    Observation {
+        root: "data".into(),
+        rel_path: rel("a.bin"),
+        identity,
+        written: true,
+    }
+}
+
+/// `a.bin` observed, sent and acked with hash `[7; 32]`, post-ack work done.
+fn backed_up(ledger: &mut Ledger, identity: Identity) -> DueFile {
+    ledger
+        .observe("data", &rel("a.bin"), identity, t(0))
+        .unwrap();
+    let file = ledger.due(10, t(1)).unwrap().remove(0);
+    ledger.mark_sending(&[file.key]).unwrap();
+    let acked = ack(ledger, &file, t(2));
+    ledger.post_ack_done(&acked).unwrap();
+    file
+}
+
+#[test]
+fn a_file_seen_written_after_its_backup_is_compared_even_with_the_same_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = open(&dir);
+    let first = backed_up(&mut ledger, id(10, 1, 1));
+    // A scan of the same identity changes nothing...
+    assert_eq!(
+        ledger
+            .observe("data", &rel("a.bin"), id(10, 1, 1), t(3))
+            .unwrap(),
+        Observed::Unchanged
+    );
+    assert!(ledger.due(10, t(3)).unwrap().is_empty());
+    // ...but a write event does: due again, to be compared with the ack.
+    let seen = ledger.observe_many(&[written(id(10, 1, 1))], t(4)).unwrap();
+    assert_eq!(seen, [Observed::ChangedAfterBackup]);
+    let due = ledger.due(10, t(4)).unwrap().remove(0);
+    assert_eq!(due.compare_with, Some([7; 32]));
+    assert!(due.key.generation > first.key.generation);
+    // Same content after all: done again, with no new post-ack work.
+    ledger.mark_sending(&[due.key]).unwrap();
+    assert_eq!(ledger.mark_unchanged(&[due.key]).unwrap(), 1);
+    assert_eq!(
+        ledger.state("data", &rel("a.bin")).unwrap(),
+        Some(FileState::Done)
+    );
+    assert!(ledger.post_ack_pending().unwrap().is_empty());
+    assert!(ledger.due(10, t(5)).unwrap().is_empty());
+}
+
+#[test]
+fn a_changed_ctime_alone_makes_a_file_due_but_not_in_rows_that_never_had_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = open(&dir);
+    backed_up(&mut ledger, id(10, 1, 1));
+    let touched = Identity {
+        ctime_ns: 5_000_000_001,
+        ..id(10, 1, 1)
+    };
+    assert_eq!(
+        ledger
+            .observe("data", &rel("a.bin"), touched, t(3))
+            .unwrap(),
+        Observed::ChangedAfterBackup
+    );
+    assert_eq!(ledger.due(10, t(3)).unwrap()[0].compare_with, Some([7; 32]));
+
+    // A row written before ctimes were recorded (0) takes the first one
+    // seen without counting it as a change.
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = open(&dir);
+    backed_up(
+        &mut ledger,
+        Identity {
+            ctime_ns: 0,
+            ..id(10, 1, 1)
+        },
+    );
+    assert_eq!(
+        ledger
+            .observe("data", &rel("a.bin"), touched, t(3))
+            .unwrap(),
+        Observed::Unchanged
+    );
+    assert_eq!(
+        ledger
+            .observe(
+                "data",
+                &rel("a.bin"),
+                Identity {
+                    ctime_ns: 6_000_000_000,
+                    ..touched
+                },
+                t(4)
+            )
+            .unwrap(),
+        Observed::ChangedAfterBackup
+    );
+}
+
+#[test]
+fn an_ack_for_content_rewritten_on_the_wire_is_kept_to_compare_the_new_content_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = open(&dir);
+    ledger
+        .observe("data", &rel("a.bin"), id(10, 1, 1), t(0))
+        .unwrap();
+    let sent = ledger.due(10, t(1)).unwrap().remove(0);
+    ledger.mark_sending(&[sent.key]).unwrap();
+    // Rewritten while on the wire, with the same identity.
+    ledger.observe_many(&[written(id(10, 1, 1))], t(2)).unwrap();
+    assert!(ack(&mut ledger, &sent, t(3)).is_empty());
+    let due = ledger.due(10, t(3)).unwrap().remove(0);
+    assert_eq!(due.compare_with, Some([7; 32]));
+}
+
+#[test]
+fn the_content_recheck_pages_through_done_files_and_makes_a_changed_one_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = open(&dir);
+    let file = backed_up(&mut ledger, id(10, 1, 1));
+    let page = ledger.done_page(0, 10).unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].sha256, [7; 32]);
+    assert!(ledger.done_page(page[0].key.id, 10).unwrap().is_empty());
+    assert!(ledger.content_changed(page[0].key, t(5)).unwrap());
+    let due = ledger.due(10, t(5)).unwrap().remove(0);
+    assert!(due.key.generation > file.key.generation);
+    assert_eq!(due.compare_with, None, "known to differ: no comparison");
+    assert!(!ledger.content_changed(page[0].key, t(6)).unwrap());
 }
