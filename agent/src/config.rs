@@ -148,6 +148,9 @@ pub struct Legacy {
     /// Longest random wait before retrying a held flag (the wait is
     /// between half of it and all of it).
     pub halt_retry_max: Duration,
+    /// At the first start, send again the files indexerD's `BACKUP_DONE`
+    /// lists as copied (by default they are recorded as done unsent).
+    pub resend_backup_done: bool,
 }
 
 /// Reads and validates the configuration at `path`.
@@ -369,6 +372,11 @@ struct RawLegacy {
     /// (default 60).
     #[serde(default = "defaults::halt_retry_max_secs")]
     halt_retry_max_secs: u64,
+    /// At the first start, send again the files listed in indexerD's
+    /// `BACKUP_DONE` (and not in its `DUE_BACKUP`) instead of recording them
+    /// as already copied (default false).
+    #[serde(default)]
+    resend_backup_done: bool,
 }
 
 impl Default for RawBatch {
@@ -389,6 +397,7 @@ impl Default for RawLegacy {
             halt_flag: None,
             halt_timeout_mins: defaults::halt_timeout_mins(),
             halt_retry_max_secs: defaults::halt_retry_max_secs(),
+            resend_backup_done: false,
         }
     }
 }
@@ -640,6 +649,7 @@ impl Validator<'_> {
             halt_timeout: self.positive_secs("legacy.halt_timeout_mins", halt_timeout_secs)?,
             halt_retry_max: self
                 .positive_secs("legacy.halt_retry_max_secs", raw.halt_retry_max_secs)?,
+            resend_backup_done: raw.resend_backup_done,
         })
     }
 

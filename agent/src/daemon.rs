@@ -22,6 +22,7 @@ use crate::ledger::{Acked, AckedFile, DueFile, FileKey, Ledger, Observation, Obs
 use crate::metrics::{ErrorKind, Metrics, Source};
 use crate::sender::{self, Flow, OutgoingFile};
 use crate::status::{self, LinkState};
+use crate::takeover;
 use crate::watch::{self as files, Change, Seen, Settler};
 
 /// Why the agent could not start.
@@ -223,45 +224,26 @@ pub async fn run(
     Ok(())
 }
 
-/// Imports an indexerD `DUE_BACKUP` once, on the first start.
+/// Takes over from indexerD once, on the first start (see [`takeover`]).
 fn import_legacy(settings: &Settings, ledger: &Shared, metrics: &Metrics) {
     let mut ledger = lock(ledger);
     if matches!(ledger.marker("legacy-import"), Ok(Some(_))) {
         return;
     }
     let now = SystemTime::now();
-    match due_list::import_due_backup(&settings.legacy.due_backup) {
-        Ok(Some(import)) => {
-            let mut observations = Vec::new();
-            let mut outside = 0usize;
-            for path in &import.paths {
-                match settings
-                    .roots
-                    .iter()
-                    .find(|r| path.starts_with(&r.path))
-                    .and_then(|r| files::stat(r, path))
-                {
-                    Some(seen) => observations.push(observation(&seen)),
-                    None => outside += 1,
-                }
-            }
-            if let Err(error) = ledger.observe_many(&observations, now) {
-                metrics.error(ErrorKind::Ledger);
-                warn!(%error, "importing DUE_BACKUP failed; will retry at next start");
-                return;
-            }
-            info!(
-                imported = observations.len(),
-                skipped = outside,
-                refused = import.refused_count,
-                path = %settings.legacy.due_backup.display(),
-                "imported indexerD DUE_BACKUP (skipped: missing, unwanted or outside every root)"
-            );
+    match takeover::take_over(settings, &mut ledger, now) {
+        Ok(Some(report)) => {
+            takeover::write_report(&takeover::report_path(&settings.state_dir), &report);
         }
         Ok(None) => {}
+        Err(error @ takeover::TakeoverError::Ledger(_)) => {
+            metrics.error(ErrorKind::Ledger);
+            warn!(%error, "importing indexerD's lists failed; will retry at next start");
+            return;
+        }
         Err(error) => {
             metrics.error(ErrorKind::LegacyFiles);
-            warn!(%error, "cannot import DUE_BACKUP; will retry at next start");
+            warn!(%error, "cannot import indexerD's lists; will retry at next start");
             return;
         }
     }

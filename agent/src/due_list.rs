@@ -27,9 +27,15 @@
 //!   other byte as part of the name: legacy files hold plain paths written by
 //!   a program, so a trailing space is far more likely part of a name than
 //!   an accident, and trimming it would point at a file that does not exist.
-//!   Relative paths, lines with NUL bytes and over-long lines are refused
-//!   line by line (reported, not fatal), so one bad line does not lose the
-//!   rest of the list.
+//!   Lines come in two forms, both taken: the plain one (the path) and the
+//!   one indexerD itself writes, the directory, a NUL byte, `/` and the file
+//!   name, and a NUL byte (`/data\0/a.bin\0`; its own server drops the NULs
+//!   when it reads the list). A path is bytes throughout: nothing is decoded.
+//!   Relative paths, NUL bytes anywhere else and over-long lines are refused
+//!   line by line (reported with the line's number and reason, not fatal), so
+//!   one bad line does not lose the rest of the list.
+//! - `BACKUP_DONE` left by indexerD is read the same way, streamed
+//!   ([`read_backup_done`]): it can hold a station's whole history.
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -89,7 +95,8 @@ pub struct Import {
 pub struct RefusedLine {
     /// 1-based line number.
     pub line: usize,
-    /// The line's start, lossily decoded, for the warning.
+    /// The line's first 200 bytes for the warning, ASCII with every other
+    /// byte escaped (`\x00` for a NUL).
     pub text: String,
     /// Why it was refused.
     pub reason: Refusal,
@@ -100,17 +107,37 @@ pub struct RefusedLine {
 pub enum Refusal {
     /// Not an absolute path.
     Relative,
-    /// Contains a NUL byte, which no path can.
+    /// Has a NUL byte other than where indexerD puts them (no path can
+    /// hold one).
     Nul,
     /// Longer than [`MAX_LINE`] bytes.
     TooLong,
+}
+
+impl Refusal {
+    /// A short stable name (`relative`, `nul`, `too-long`) for files and
+    /// machine-readable output.
+    pub fn key(self) -> &'static str {
+        match self {
+            Refusal::Relative => "relative",
+            Refusal::Nul => "nul",
+            Refusal::TooLong => "too-long",
+        }
+    }
+
+    /// The refusal of [`Refusal::key`].
+    pub fn from_key(key: &str) -> Option<Self> {
+        [Refusal::Relative, Refusal::Nul, Refusal::TooLong]
+            .into_iter()
+            .find(|r| r.key() == key)
+    }
 }
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Refusal::Relative => "not an absolute path",
-            Refusal::Nul => "contains a NUL byte",
+            Refusal::Nul => "a NUL byte outside indexerD's directory\\0/name\\0 form",
             Refusal::TooLong => "longer than the longest possible path",
         })
     }
@@ -271,53 +298,140 @@ pub fn import_due_backup(path: &Path) -> Result<Option<Import>, DueListError> {
         .map_err(read_err)
 }
 
+/// Reads an indexerD `BACKUP_DONE` line by line, by the import rules of
+/// the module documentation, handing each path to `each` as it is read
+/// (unsorted, duplicates kept). Returns how many lines were refused;
+/// `Ok(None)` if there is no such file.
+pub fn read_backup_done(
+    path: &Path,
+    mut each: impl FnMut(PathBuf),
+) -> Result<Option<usize>, DueListError> {
+    let read_err = |source| DueListError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_err(e)),
+    };
+    let mut lines = Lines::new(BufReader::new(file));
+    let mut refused = 0;
+    while let Some(line) = lines.next_line().map_err(read_err)? {
+        match line {
+            Line::Path(path) => each(path),
+            Line::Refused(_) => refused += 1,
+        }
+    }
+    Ok(Some(refused))
+}
+
 /// Parses the text of a `DUE_BACKUP` from `reader`, by the import rules of
 /// the module documentation; [`import_due_backup`] is this over the file.
 /// Holds at most one line of [`MAX_LINE`] bytes besides the result, however
 /// long the input. Errors only when `reader` does.
-pub fn parse_due_backup(mut reader: impl BufRead) -> io::Result<Import> {
+pub fn parse_due_backup(reader: impl BufRead) -> io::Result<Import> {
     let mut import = Import::default();
-    let mut line = Vec::with_capacity(256);
-    let mut number = 0;
-    loop {
-        line.clear();
-        number += 1;
-        // One byte more than the limit tells an over-long line apart.
-        let limit = u64::try_from(MAX_LINE + 1).unwrap_or(u64::MAX);
-        let n = reader.by_ref().take(limit).read_until(b'\n', &mut line)?;
-        if n == 0 {
-            break;
-        }
-        let complete = line.last() == Some(&b'\n');
-        if complete {
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
+    let mut lines = Lines::new(reader);
+    while let Some(line) = lines.next_line()? {
+        match line {
+            Line::Path(path) => import.paths.push(path),
+            Line::Refused(refused) => {
+                import.refused_count += 1;
+                if import.refused.len() < MAX_REFUSED_KEPT {
+                    import.refused.push(refused);
+                }
             }
-        }
-        if !complete && line.len() > MAX_LINE {
-            reader.skip_until(b'\n')?;
-            refuse(&mut import, number, &line, Refusal::TooLong);
-            continue;
-        }
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let reason = if line.contains(&0) {
-            Some(Refusal::Nul)
-        } else if line.first() != Some(&b'/') {
-            Some(Refusal::Relative)
-        } else {
-            None
-        };
-        match reason {
-            Some(reason) => refuse(&mut import, number, &line, reason),
-            None => import.paths.push(PathBuf::from(OsStr::from_bytes(&line))),
         }
     }
     import.paths.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
     import.paths.dedup_by(|a, b| bytes(a) == bytes(b));
     Ok(import)
+}
+
+/// One non-blank line of a list file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Line {
+    Path(PathBuf),
+    Refused(RefusedLine),
+}
+
+/// The lines of a list file, read one at a time into one buffer.
+struct Lines<R> {
+    reader: R,
+    line: Vec<u8>,
+    number: usize,
+}
+
+impl<R: BufRead> Lines<R> {
+    fn new(reader: R) -> Self {
+        Self {
+            reader,
+            line: Vec::with_capacity(256),
+            number: 0,
+        }
+    }
+
+    /// The next non-blank line; `None` at the end.
+    fn next_line(&mut self) -> io::Result<Option<Line>> {
+        // One byte more than the limit tells an over-long line apart.
+        let limit = u64::try_from(MAX_LINE + 1).unwrap_or(u64::MAX);
+        loop {
+            let line = &mut self.line;
+            line.clear();
+            self.number += 1;
+            let n = self.reader.by_ref().take(limit).read_until(b'\n', line)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            let complete = line.last() == Some(&b'\n');
+            if complete {
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+            }
+            if !complete && line.len() > MAX_LINE {
+                self.reader.skip_until(b'\n')?;
+                return Ok(Some(refused(self.number, line, Refusal::TooLong)));
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return Ok(Some(match path_of_line(line) {
+                Ok(path) => Line::Path(path),
+                Err(reason) => refused(self.number, line, reason),
+            }));
+        }
+    }
+}
+
+/// The path a (non-blank) line names, in either form.
+fn path_of_line(line: &[u8]) -> Result<PathBuf, Refusal> {
+    let path = match line.iter().position(|&b| b == 0) {
+        None => line.to_vec(),
+        Some(first) => {
+            // indexerD's form: `<dir>\0/<name>\0` (the last NUL optional).
+            let (dir, rest) = (&line[..first], &line[first + 1..]);
+            let name = rest.strip_suffix(b"\0").unwrap_or(rest);
+            if dir.is_empty() || name.len() < 2 || name[0] != b'/' || name.contains(&0) {
+                return Err(Refusal::Nul);
+            }
+            // A file in `/` has the directory `/`; any other is kept byte
+            // for byte (`/a/` and `/b` make `/a//b`).
+            let mut path = if dir == b"/" {
+                Vec::new()
+            } else {
+                dir.to_vec()
+            };
+            path.extend_from_slice(name);
+            path
+        }
+    };
+    if path.first() != Some(&b'/') {
+        return Err(Refusal::Relative);
+    }
+    Ok(PathBuf::from(OsStr::from_bytes(&path)))
 }
 
 /// Whether `path` can be one line of a list file and read back the same:
@@ -328,16 +442,13 @@ pub fn representable(path: &Path) -> bool {
     !bytes.contains(&b'\n') && bytes.last() != Some(&b'\r')
 }
 
-fn refuse(import: &mut Import, line: usize, text: &[u8], reason: Refusal) {
-    import.refused_count += 1;
-    if import.refused.len() < MAX_REFUSED_KEPT {
-        let shown = &text[..text.len().min(200)];
-        import.refused.push(RefusedLine {
-            line,
-            text: String::from_utf8_lossy(shown).into_owned(),
-            reason,
-        });
-    }
+fn refused(line: usize, text: &[u8], reason: Refusal) -> Line {
+    let shown = &text[..text.len().min(200)];
+    Line::Refused(RefusedLine {
+        line,
+        text: shown.escape_ascii().to_string(),
+        reason,
+    })
 }
 
 fn bytes(path: &Path) -> &[u8] {

@@ -396,6 +396,76 @@ impl Ledger {
         Ok(out)
     }
 
+    /// Records files another program already copied (indexerD's
+    /// `BACKUP_DONE`) as done in the identity observed now, without sending
+    /// them and without post-ack work: a later change of one is new content
+    /// and due like any other. Files the ledger knows already are left as
+    /// they are. Returns how many were recorded.
+    pub fn mark_copied(
+        &mut self,
+        observations: &[Observation],
+        now: SystemTime,
+    ) -> Result<usize, LedgerError> {
+        let err = self.sql();
+        let now = to_ms(now);
+        let tx = self.conn.transaction().map_err(&err)?;
+        let mut recorded = 0;
+        for o in observations {
+            if observe_in(&tx, &o.root, &o.rel_path, o.identity, o.written, now).map_err(&err)?
+                == Observed::New
+            {
+                tx.prepare_cached(
+                    "UPDATE files SET state = 'done', acked_at = ?3, post_ack_pending = 0
+                     WHERE root = ?1 AND rel_path = ?2",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![o.root, o.rel_path.as_os_str().as_bytes(), now])
+                })
+                .map_err(&err)?;
+                recorded += 1;
+            }
+        }
+        tx.commit().map_err(&err)?;
+        Ok(recorded)
+    }
+
+    /// Whether the ledger holds each file's content already: the same
+    /// identity (compared as [`Ledger::observe`] does), and no write seen
+    /// since it went on the wire or was backed up. Such a file is not new
+    /// content (the watcher need not hold it for `min_age`).
+    pub fn knows(&self, observations: &[Observation]) -> Result<Vec<bool>, LedgerError> {
+        let err = self.sql();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT size, mtime_ns, ctime_ns, inode, state
+                 FROM files WHERE root = ?1 AND rel_path = ?2",
+            )
+            .map_err(&err)?;
+        let mut out = Vec::with_capacity(observations.len());
+        for o in observations {
+            let known: Option<(i64, i64, i64, i64, String)> = stmt
+                .query_row(params![o.root, o.rel_path.as_os_str().as_bytes()], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
+                })
+                .optional()
+                .map_err(&err)?;
+            let i = o.identity;
+            out.push(known.is_some_and(|(size, mtime, ctime, inode, state)| {
+                (size, mtime, inode) == (to_sql_u64(i.size), i.mtime_ns, to_sql_u64(i.inode))
+                    && (ctime == 0 || ctime == i.ctime_ns)
+                    && !(o.written && state != "due")
+            }));
+        }
+        Ok(out)
+    }
+
     /// Up to `limit` due files whose retry time has come, longest-waiting
     /// first.
     pub fn due(&self, limit: usize, now: SystemTime) -> Result<Vec<DueFile>, LedgerError> {

@@ -11,4 +11,5 @@ pub mod recheck;
 pub mod sandbox;
 pub mod sender;
 pub mod status;
+pub mod takeover;
 pub mod watch;

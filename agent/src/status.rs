@@ -11,6 +11,7 @@ use ferry_common::json;
 use crate::config::Settings;
 use crate::halt_flag::HaltFlag;
 use crate::ledger::Ledger;
+use crate::takeover;
 
 /// What the daemon knows about its link, as of its last write.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -101,6 +102,8 @@ pub struct Report {
     pub last_error: Option<String>,
     /// Recent file errors: (path, error, attempts).
     pub recent_errors: Vec<(String, String, u32)>,
+    /// What the take-over from indexerD did, if one happened.
+    pub legacy_import: Option<takeover::Report>,
 }
 
 /// Why status could not be read.
@@ -141,6 +144,7 @@ pub fn report(settings: &Settings) -> Result<Report, StatusError> {
         collector: state.collector,
         last_error: state.last_error,
         recent_errors,
+        legacy_import: takeover::read_report(&takeover::report_path(&settings.state_dir)),
     })
 }
 
@@ -176,6 +180,34 @@ pub fn text(r: &Report) -> String {
     for (path, error, attempts) in &r.recent_errors {
         let _ = writeln!(out, "error:          {path}: {error} ({attempts} attempts)");
     }
+    if let Some(i) = &r.legacy_import {
+        let history = if i.history_sent {
+            "BACKUP_DONE sent again as asked".to_owned()
+        } else {
+            format!(
+                "{} already copied (not sent), {} changed since their copy",
+                i.already_copied, i.changed_since_copy
+            )
+        };
+        let _ = writeln!(
+            out,
+            "indexerD import: at {}: {} due imported, {} not found, {} refused; {history}",
+            when(i.at),
+            i.imported,
+            i.not_found,
+            i.refused
+        );
+        for l in &i.refused_lines {
+            let _ = writeln!(out, "refused line:   {}: {}: {}", l.line, l.reason, l.text);
+        }
+        if i.refused > i.refused_lines.len() {
+            let _ = writeln!(
+                out,
+                "refused line:   ... and {} more",
+                i.refused - i.refused_lines.len()
+            );
+        }
+    }
     out
 }
 
@@ -196,8 +228,36 @@ pub fn json(r: &Report) -> String {
             )
         })
         .collect();
+    let legacy_import = r.legacy_import.as_ref().map_or_else(
+        || "null".to_owned(),
+        |i| {
+            let lines: Vec<String> = i
+                .refused_lines
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{{\"line\":{},\"reason\":{},\"text\":{}}}",
+                        l.line,
+                        json::string(&l.reason.to_string()),
+                        json::string(&l.text)
+                    )
+                })
+                .collect();
+            format!(
+                "{{\"at\":{},\"imported\":{},\"not_found\":{},\"refused\":{},\"already_copied\":{},\"changed_since_copy\":{},\"history_sent\":{},\"refused_lines\":[{}]}}",
+                json_time(i.at),
+                i.imported,
+                i.not_found,
+                i.refused,
+                i.already_copied,
+                i.changed_since_copy,
+                i.history_sent,
+                lines.join(",")
+            )
+        },
+    );
     format!(
-        "{{\"due_files\":{},\"due_bytes\":{},\"oldest_due\":{},\"failing\":{},\"last_ack\":{},\"halt_flag\":{},\"collector_connected\":{},\"collector\":{},\"last_error\":{},\"recent_errors\":[{}]}}\n",
+        "{{\"due_files\":{},\"due_bytes\":{},\"oldest_due\":{},\"failing\":{},\"last_ack\":{},\"halt_flag\":{},\"collector_connected\":{},\"collector\":{},\"last_error\":{},\"recent_errors\":[{}],\"legacy_import\":{legacy_import}}}\n",
         r.due_files,
         r.due_bytes,
         json_time(r.oldest_due),

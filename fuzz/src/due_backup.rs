@@ -7,7 +7,8 @@
 //! unique; refused lines are counted, at most `MAX_REFUSED_KEPT` kept, with
 //! valid 1-based line numbers; and what Ferry itself writes (one path per
 //! line, `\n`-terminated, for each path `representable` accepts) imports
-//! back to exactly the same paths.
+//! back to exactly the same paths, and so does what indexerD writes for them
+//! (directory, NUL, `/` and name, NUL).
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -50,14 +51,46 @@ pub fn check(data: &[u8]) {
     assert_eq!(again.refused, [], "Ferry's own list has refused lines");
     let again: Vec<&PathBuf> = again.paths.iter().collect();
     assert_eq!(again, kept, "written paths do not import back the same");
+
+    // The same paths as indexerD writes them. It has no line for a path
+    // ending in `/` (no file) nor one with `//` before the name (its
+    // directories come from a walk): `/\0/a\0` is `/a`, never `//a`.
+    let named: Vec<&PathBuf> = kept
+        .into_iter()
+        .filter(|p| !bytes(p).ends_with(b"/") && !bytes(p).windows(2).any(|w| w == b"//"))
+        .collect();
+    let mut written = Vec::new();
+    for path in &named {
+        written.extend(indexerd_line(bytes(path)));
+    }
+    let again = parse_due_backup(&written[..]).expect("reading from memory cannot fail");
+    assert_eq!(again.refused, [], "indexerD's lines have refused lines");
+    let again: Vec<&PathBuf> = again.paths.iter().collect();
+    assert_eq!(again, named, "indexerD's lines do not import back the same");
+}
+
+/// `path` as indexerD writes it in `DUE_BACKUP`: its directory, a NUL, `/`
+/// and its name, a NUL and the newline.
+pub fn indexerd_line(path: &[u8]) -> Vec<u8> {
+    let cut = path.iter().rposition(|&b| b == b'/').unwrap_or(0);
+    let mut line = if cut == 0 {
+        b"/".to_vec()
+    } else {
+        path[..cut].to_vec()
+    };
+    line.push(0);
+    line.extend_from_slice(&path[cut..]);
+    line.extend_from_slice(b"\0\n");
+    line
 }
 
 fn bytes(path: &std::path::Path) -> &[u8] {
     path.as_os_str().as_bytes()
 }
 
-/// A realistic indexerD list of RFeye files, one with CRLF line ends, and
-/// one with the junk an old station may hold.
+/// A realistic indexerD list of RFeye files in the form indexerD writes
+/// (NUL bytes around the name), the same as plain lines, one with CRLF line
+/// ends, and one with the junk an old station may hold.
 pub fn seeds() -> Vec<(String, Vec<u8>)> {
     let names: Vec<String> = (0..12)
         .map(|i| {
@@ -83,7 +116,15 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
     junk.extend_from_slice(b"\n/");
     junk.extend(std::iter::repeat_n(b'x', 300));
     junk.push(b'\n');
+    let mut indexerd: Vec<u8> = names
+        .iter()
+        .flat_map(|n| indexerd_line(n.as_bytes()))
+        .collect();
+    indexerd.extend(indexerd_line(b"/home/rfeye/data/2022/caf\xe9.csv"));
+    indexerd.extend(indexerd_line(b"/at-the-top.bin"));
+    indexerd.extend_from_slice(b"/data\0name-without-slash\0\n/data\0/a\0b\0\n");
     vec![
+        ("indexerd.txt".to_owned(), indexerd),
         ("rfeye.txt".to_owned(), plain.into_bytes()),
         ("crlf.txt".to_owned(), crlf.into_bytes()),
         ("junk.txt".to_owned(), junk),

@@ -256,7 +256,7 @@ fn an_indexerd_due_backup_is_imported() {
             },
             RefusedLine {
                 line: 8,
-                text: "/home/rfeye/data/nul\0byte".into(),
+                text: "/home/rfeye/data/nul\\x00byte".into(),
                 reason: Refusal::Nul,
             },
         ]
@@ -342,4 +342,65 @@ fn parsing_reports_an_error_of_the_reader() {
     }
     let err = parse_due_backup(std::io::BufReader::new(Broken)).unwrap_err();
     assert_eq!(err.to_string(), "disk went away");
+}
+
+#[test]
+fn indexerd_nul_lines_import_beside_plain_ones_as_bytes() {
+    let mut text = Vec::new();
+    text.extend_from_slice(b"/home/rfeye/data\0/rfeye002073_220307_T175758.bin\0\n");
+    text.extend_from_slice(b"/home/rfeye/data/plain.bin\n");
+    // A Latin-1 name, a CRLF end, no last NUL, the root directory.
+    text.extend_from_slice(b"/home/rfeye/data/2022\0/caf\xe9.csv\0\r\n");
+    text.extend_from_slice(b"/home/rfeye/data\0/no-last-nul.bin\n");
+    text.extend_from_slice(b"/\0/at-the-top\0\n");
+    // The same file in both forms is one path.
+    text.extend_from_slice(b"/home/rfeye/data/rfeye002073_220307_T175758.bin\n");
+    let import = parse_due_backup(&text[..]).unwrap();
+    assert_eq!(import.refused, []);
+    assert_eq!(
+        import.paths,
+        [
+            p("/at-the-top"),
+            raw(b"/home/rfeye/data/2022/caf\xe9.csv"),
+            p("/home/rfeye/data/no-last-nul.bin"),
+            p("/home/rfeye/data/plain.bin"),
+            p("/home/rfeye/data/rfeye002073_220307_T175758.bin"),
+        ]
+    );
+}
+
+#[test]
+fn nul_bytes_outside_indexerds_form_are_refused_with_the_line_shown() {
+    let text = b"/a\0b\0\n/a\0/b\0c\0\n\0/b\0\n/a\0/\0\nrel\0/b\0\n/ok\0/fine\0\n";
+    let import = parse_due_backup(&text[..]).unwrap();
+    assert_eq!(import.paths, [p("/ok/fine")]);
+    let reasons: Vec<(usize, Refusal)> =
+        import.refused.iter().map(|r| (r.line, r.reason)).collect();
+    assert_eq!(
+        reasons,
+        [
+            (1, Refusal::Nul),
+            (2, Refusal::Nul),
+            (3, Refusal::Nul),
+            (4, Refusal::Nul),
+            (5, Refusal::Relative),
+        ]
+    );
+    assert_eq!(import.refused[0].text, "/a\\x00b\\x00");
+    assert_eq!(Refusal::from_key(Refusal::Nul.key()), Some(Refusal::Nul));
+}
+
+#[test]
+fn backup_done_is_read_in_both_forms_as_a_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("BACKUP_DONE");
+    assert_eq!(
+        read_backup_done(&done, |_| panic!("no file")).unwrap(),
+        None
+    );
+    fs::write(&done, b"/d\0/a.bin\0\n/d/b.bin\nrel\n/d/a.bin\n").unwrap();
+    let mut seen = Vec::new();
+    let refused = read_backup_done(&done, |path| seen.push(path)).unwrap();
+    assert_eq!(refused, Some(1));
+    assert_eq!(seen, [p("/d/a.bin"), p("/d/b.bin"), p("/d/a.bin")]);
 }

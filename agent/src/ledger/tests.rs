@@ -828,3 +828,48 @@ fn the_content_recheck_pages_through_done_files_and_makes_a_changed_one_due() {
     assert_eq!(due.compare_with, None, "known to differ: no comparison");
     assert!(!ledger.content_changed(page[0].key, t(6)).unwrap());
 }
+
+#[test]
+fn files_copied_by_indexerd_are_done_unsent_until_they_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = open(&dir);
+    let obs = |name: &str, identity| Observation {
+        root: "data".into(),
+        rel_path: rel(name),
+        identity,
+        written: false,
+    };
+    // Listed as due by indexerD too: already due, and stays so.
+    ledger
+        .observe("data", &rel("due.bin"), id(1, 10, 1), t(0))
+        .unwrap();
+    let copied = [obs("old.bin", id(5, 10, 2)), obs("due.bin", id(1, 10, 1))];
+    assert_eq!(ledger.mark_copied(&copied, t(1)).unwrap(), 1);
+    assert_eq!(
+        ledger.state("data", &rel("old.bin")).unwrap(),
+        Some(FileState::Done)
+    );
+    assert_eq!(due_names(&ledger, t(2)), ["data:due.bin"]);
+    assert!(ledger.post_ack_pending().unwrap().is_empty());
+    assert_eq!(ledger.knows(&copied).unwrap(), [true, true]);
+    assert_eq!(
+        ledger
+            .knows(&[obs("old.bin", id(6, 10, 2)), obs("new.bin", id(1, 1, 1))])
+            .unwrap(),
+        [false, false]
+    );
+    // Unchanged at the next scan: nothing to send. Changed: due.
+    assert_eq!(
+        ledger
+            .observe("data", &rel("old.bin"), id(5, 10, 2), t(3))
+            .unwrap(),
+        Observed::Unchanged
+    );
+    assert_eq!(
+        ledger
+            .observe("data", &rel("old.bin"), id(6, 11, 2), t(4))
+            .unwrap(),
+        Observed::ChangedAfterBackup
+    );
+    assert_eq!(due_names(&ledger, t(5)), ["data:due.bin", "data:old.bin"]);
+}
