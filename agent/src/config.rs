@@ -3,7 +3,8 @@
 //!
 //! Every path must be absolute (a daemon's working directory means nothing
 //! to whoever reads the file). Whether roots exist is not checked here: a
-//! mount may come later, and the watcher reports a missing root at run time.
+//! mount may come later; `--check` warns, and the watcher picks a missing
+//! root up when it appears.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -65,7 +66,8 @@ pub struct Settings {
     /// How long size and mtime must stay unchanged for a file without a
     /// close event to count as finished.
     pub settle: Duration,
-    /// Files younger than this (by mtime) wait.
+    /// New content waits until seen unchanged this long (on the agent's
+    /// clock from first sight, not by mtime).
     pub min_age: Duration,
     /// Files smaller than this are left alone.
     pub min_size: u64,
@@ -259,7 +261,9 @@ struct RawConfig {
     /// event was seen (default 5).
     #[serde(default = "defaults::settle_secs")]
     settle_secs: u64,
-    /// Seconds since a file's mtime before it may be sent (default 0).
+    /// Seconds new content must be seen unchanged before it may be sent,
+    /// counted from when the agent first saw it so, not from its mtime
+    /// (default 0).
     #[serde(default)]
     min_age_secs: u64,
     /// Smallest file size in bytes that is sent (default 0: all).

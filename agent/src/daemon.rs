@@ -23,7 +23,7 @@ use crate::metrics::{ErrorKind, Metrics, Source};
 use crate::sender::{self, Flow, OutgoingFile};
 use crate::status::{self, LinkState};
 use crate::takeover;
-use crate::watch::{self as files, Change, Seen, Settler};
+use crate::watch::{self as files, Change, Seen, Settler, Watches};
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -259,18 +259,14 @@ fn observation(seen: &Seen) -> Observation {
     }
 }
 
-/// Whether `seen` may be entered as due now (old enough, large enough).
-fn eligible(settings: &Settings, seen: &Seen, now: SystemTime) -> bool {
-    seen.identity.size >= settings.min_size
-        && now.duration_since(seen.mtime).unwrap_or_default() >= settings.min_age
-}
-
 fn root_of<'a>(roots: &'a [Root], path: &Path) -> Option<&'a Root> {
     roots.iter().find(|r| path.starts_with(&r.path))
 }
 
-/// Enters finished files into the ledger; wakes the sender when the due set
-/// grew.
+/// Enters finished files into the ledger. With `min_age_secs`, content the
+/// ledger does not know yet waits in the settler until it has been seen
+/// unchanged that long (counted from now or from when it was first seen
+/// so, never from its mtime).
 fn enter(
     settings: &Settings,
     ledger: &Shared,
@@ -279,21 +275,56 @@ fn enter(
     due_changed: &DueSignal,
     metrics: &Metrics,
 ) {
-    let now = SystemTime::now();
-    let mut observations = Vec::new();
-    for seen in ready {
-        if seen.identity.size < settings.min_size {
-            continue;
-        }
-        if eligible(settings, &seen, now) {
-            observations.push(observation(&seen));
-        } else {
-            settler.note(seen, now);
-        }
-    }
-    if observations.is_empty() {
+    let ready: Vec<Seen> = ready
+        .into_iter()
+        .filter(|s| s.identity.size >= settings.min_size)
+        .collect();
+    if ready.is_empty() {
         return;
     }
+    if settings.min_age.is_zero() {
+        for seen in &ready {
+            settler.forget(&seen.abs_path);
+        }
+        return record(ledger, &ready, due_changed, metrics);
+    }
+    let now = SystemTime::now();
+    let observations: Vec<Observation> = ready.iter().map(observation).collect();
+    let known = match tokio::task::block_in_place(|| lock(ledger).knows(&observations)) {
+        Ok(known) => known,
+        Err(error) => {
+            metrics.error(ErrorKind::Ledger);
+            warn!(%error, "ledger unreadable; files wait for min_age_secs");
+            vec![false; observations.len()]
+        }
+    };
+    let (mut go, mut held) = (Vec::new(), Vec::new());
+    for ((seen, known), o) in ready.into_iter().zip(known).zip(observations) {
+        if known {
+            settler.forget(&seen.abs_path);
+            go.push(seen);
+        } else {
+            settler.hold(seen, now);
+            held.push(o);
+        }
+    }
+    // A held file is still there: the sweep must not forget its row.
+    if !held.is_empty()
+        && let Err(error) = tokio::task::block_in_place(|| lock(ledger).still_there(&held, now))
+    {
+        warn!(%error, "ledger update failed");
+    }
+    record(ledger, &go, due_changed, metrics);
+}
+
+/// Records files that may go (finished, old enough) in the ledger; wakes
+/// the sender when the due set grew.
+fn record(ledger: &Shared, ready: &[Seen], due_changed: &DueSignal, metrics: &Metrics) {
+    if ready.is_empty() {
+        return;
+    }
+    let now = SystemTime::now();
+    let observations: Vec<Observation> = ready.iter().map(observation).collect();
     let result = tokio::task::block_in_place(|| lock(ledger).observe_many(&observations, now));
     match result {
         Ok(observed) => {
@@ -334,12 +365,17 @@ fn rescan(
         let (settled, young): (Vec<Seen>, Vec<Seen>) = seen
             .into_iter()
             .partition(|s| now.duration_since(s.mtime).unwrap_or_default() >= settings.settle);
-        // Files not entered now (still settling, or too young) are still
-        // there: the sweep below must not take them for vanished (so they
-        // are marked seen at a time not before `started`).
+        // Files not entered now (still settling, too small, or held for
+        // min_age by `enter`) are still there: the sweep below must not
+        // take them for vanished (so they are marked seen at a time not
+        // before `started`).
         let waiting: Vec<Observation> = young
             .iter()
-            .chain(settled.iter().filter(|s| !eligible(settings, s, now)))
+            .chain(
+                settled
+                    .iter()
+                    .filter(|s| s.identity.size < settings.min_size),
+            )
             .map(observation)
             .collect();
         let seen_at = SystemTime::now();
@@ -375,10 +411,13 @@ async fn watch_roots(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let (tx, mut events) = mpsc::unbounded_channel();
-    let (_watcher, fallback) = files::watch(&settings.roots, tx);
+    let mut watches = Watches::start(&settings.roots, tx);
     let _ = watching.send(());
     let mut settler = Settler::default();
     let metrics = &*metrics;
+    let state_path = status::watch_state_path(&settings.state_dir);
+    let mut published = None;
+    publish(&settings, &watches, &settler, &state_path, &mut published);
     rescan(
         &settings,
         &ledger,
@@ -394,16 +433,10 @@ async fn watch_roots(
     full.tick().await;
     // Poll-mode roots (configured, or fallen back from inotify) are rescanned
     // at their interval; the settle rule finds their finished files.
-    let polled: Vec<String> = settings
-        .roots
-        .iter()
-        .filter(|r| r.poll.is_some() || fallback.contains(&r.name))
-        .map(|r| r.name.clone())
-        .collect();
+    let mut polled = watches.polled(&settings.roots);
     let poll_every = settings
         .roots
         .iter()
-        .filter(|r| polled.contains(&r.name))
         .filter_map(|r| r.poll)
         .min()
         .unwrap_or(Duration::from_secs(30));
@@ -436,8 +469,23 @@ async fn watch_roots(
             }
             _ = settle.tick() => {
                 if !settler.is_empty() {
-                    let ready = tokio::task::block_in_place(|| settler.ripe(&settings.roots, settings.settle, SystemTime::now()));
-                    enter(&settings, &ledger, ready, &mut settler, &due_changed, metrics);
+                    let ready = tokio::task::block_in_place(|| {
+                        settler.ripe(&settings.roots, settings.settle, settings.min_age, SystemTime::now())
+                    });
+                    let ready: Vec<Seen> = ready.into_iter().filter(|s| s.identity.size >= settings.min_size).collect();
+                    record(&ledger, &ready, &due_changed, metrics);
+                }
+                publish(&settings, &watches, &settler, &state_path, &mut published);
+            }
+            // A missing root may have appeared: watch it, and rescan it
+            // for what arrived before the watch (and once more after).
+            () = watches.ancestor_changed(MISSING_ROOT_RECHECK), if watches.any_missing() => {
+                let appeared = watches.appeared(&settings.roots);
+                if !appeared.is_empty() {
+                    polled = watches.polled(&settings.roots);
+                    rescan(&settings, &ledger, Some(&appeared), &mut settler, &due_changed, metrics);
+                    follow_up = Some(tokio::time::Instant::now() + RESCAN_FOLLOW_UP);
+                    publish(&settings, &watches, &settler, &state_path, &mut published);
                 }
             }
             _ = full.tick() => rescan(&settings, &ledger, None, &mut settler, &due_changed, metrics),
@@ -450,6 +498,31 @@ async fn watch_roots(
 /// How long after a rescan for a lost event or a new directory the
 /// follow-up rescan runs (see `watch_roots`).
 const RESCAN_FOLLOW_UP: Duration = Duration::from_secs(1);
+
+/// How often missing roots are looked at besides their ancestor's events
+/// (in case a watch on an ancestor was lost: the directory removed and made
+/// again).
+const MISSING_ROOT_RECHECK: Duration = Duration::from_secs(30);
+
+/// Writes the watcher's state for `status` (held files, how each root is
+/// followed) when it changed since `published`.
+fn publish(
+    settings: &Settings,
+    watches: &Watches,
+    settler: &Settler,
+    path: &Path,
+    published: &mut Option<status::WatchState>,
+) {
+    let state = status::WatchState {
+        min_age_secs: settings.min_age.as_secs(),
+        held: settler.held(settings.settle, settings.min_age, SystemTime::now()),
+        roots: watches.states(&settings.roots),
+    };
+    if published.as_ref() != Some(&state) {
+        status::write_watch(path, &state);
+        *published = Some(state);
+    }
+}
 
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
@@ -479,7 +552,6 @@ fn handle(
             match files::stat(root, &path) {
                 Some(mut seen) => {
                     seen.written = true;
-                    settler.forget(&path);
                     enter(settings, ledger, vec![seen], settler, due_changed, metrics);
                 }
                 None if path.is_dir() => rescan(

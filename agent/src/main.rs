@@ -15,7 +15,8 @@ usage: ferry-agent <command> [--config PATH] [options]
 
 commands:
   run        run the agent (--check: validate the config and exit)
-  status     due files and bytes, last ack, halt flag, collector, errors
+  status     due files and bytes, last ack, halt flag, collector, errors,
+             files held by min_age_secs, roots, the indexerD import
              (--json for machine-readable output)
   halt       raise an operator HALT_FLAG: the agent stops sending until resume
   resume     remove the operator HALT_FLAG
@@ -110,6 +111,22 @@ fn main() -> ExitCode {
                     &settings.tls.key,
                 )?;
                 ferry_common::tls::client_config(&material)?;
+                // A root may be a mount that comes later: not an error, but
+                // worth a word.
+                for root in &settings.roots {
+                    if !root.path.is_dir() {
+                        let how = if root.poll.is_some() {
+                            "polls for it and picks it up when it appears"
+                        } else {
+                            "watches for it and picks it up when it appears"
+                        };
+                        eprintln!(
+                            "ferry-agent: warning: root {:?}: {} does not exist (yet); the agent {how}",
+                            root.name,
+                            root.path.display()
+                        );
+                    }
+                }
                 println!("{}: ok (station {station})", args.config.display());
                 Ok(())
             }),

@@ -12,6 +12,7 @@ use crate::config::Settings;
 use crate::halt_flag::HaltFlag;
 use crate::ledger::Ledger;
 use crate::takeover;
+use crate::watch::{Held, RootWatch};
 
 /// What the daemon knows about its link, as of its last write.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -88,6 +89,84 @@ pub fn read(path: &Path) -> LinkState {
     state
 }
 
+/// What the daemon's watcher knows, as of its last write (a second small
+/// file, `watch.state`, written only by the watcher task so that it and the
+/// sender never overwrite each other's news).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchState {
+    /// `min_age_secs` of the running daemon.
+    pub min_age_secs: u64,
+    /// Files held back by `min_age_secs`.
+    pub held: Held,
+    /// Each root: name, path, how it is followed.
+    pub roots: Vec<(String, PathBuf, RootWatch)>,
+}
+
+/// Where the daemon's watcher keeps its state.
+pub fn watch_state_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("watch.state")
+}
+
+/// Writes `state` atomically; errors are ignored (informational).
+pub fn write_watch(path: &Path, state: &WatchState) {
+    let mut text = format!(
+        "min_age_secs={}\nheld_files={}\nheld_future_mtimes={}\n",
+        state.min_age_secs, state.held.files, state.held.future_mtimes
+    );
+    if let Some(t) = state.held.next_ready {
+        let _ = writeln!(text, "held_next_ready={}", secs(t));
+    }
+    for (name, dir, watch) in &state.roots {
+        let _ = writeln!(
+            text,
+            "root={}\t{}\t{}",
+            watch.as_str(),
+            name,
+            one_line(&dir.to_string_lossy())
+        );
+    }
+    let tmp = path.with_extension("state.tmp");
+    if std::fs::write(&tmp, text).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+/// Reads the watcher's state file (`None` if missing).
+pub fn read_watch(path: &Path) -> Option<WatchState> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut state = WatchState::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        match key {
+            "min_age_secs" => state.min_age_secs = value.parse().unwrap_or(0),
+            "held_files" => state.held.files = value.parse().unwrap_or(0),
+            "held_future_mtimes" => state.held.future_mtimes = value.parse().unwrap_or(0),
+            "held_next_ready" => {
+                state.held.next_ready = value
+                    .parse()
+                    .ok()
+                    .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+            }
+            "root" => {
+                let mut parts = value.splitn(3, '\t');
+                if let (Some(Some(watch)), Some(name), Some(dir)) = (
+                    parts.next().map(RootWatch::parse),
+                    parts.next(),
+                    parts.next(),
+                ) {
+                    state
+                        .roots
+                        .push((name.to_owned(), PathBuf::from(dir), watch));
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(state)
+}
+
 /// The status report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -104,6 +183,8 @@ pub struct Report {
     pub recent_errors: Vec<(String, String, u32)>,
     /// What the take-over from indexerD did, if one happened.
     pub legacy_import: Option<takeover::Report>,
+    /// Files held back and how each root is followed, if the daemon ran.
+    pub watch: Option<WatchState>,
 }
 
 /// Why status could not be read.
@@ -145,6 +226,7 @@ pub fn report(settings: &Settings) -> Result<Report, StatusError> {
         last_error: state.last_error,
         recent_errors,
         legacy_import: takeover::read_report(&takeover::report_path(&settings.state_dir)),
+        watch: read_watch(&watch_state_path(&settings.state_dir)),
     })
 }
 
@@ -179,6 +261,32 @@ pub fn text(r: &Report) -> String {
     }
     for (path, error, attempts) in &r.recent_errors {
         let _ = writeln!(out, "error:          {path}: {error} ({attempts} attempts)");
+    }
+    if let Some(w) = &r.watch {
+        let held = &w.held;
+        if held.files > 0 {
+            let _ = write!(
+                out,
+                "held:           {} files, waiting to be seen unchanged for min_age_secs ({} s)",
+                held.files, w.min_age_secs
+            );
+            if held.future_mtimes > 0 {
+                let _ = write!(
+                    out,
+                    "; {} with an mtime in the future (clock ahead when written)",
+                    held.future_mtimes
+                );
+            }
+            let _ = writeln!(out, "; next ready at {}", when(held.next_ready));
+        }
+        for (name, dir, watch) in &w.roots {
+            let how = match watch {
+                RootWatch::Watched => "watched (inotify)",
+                RootWatch::Polled => "polled",
+                RootWatch::Missing => "missing: picked up when it appears",
+            };
+            let _ = writeln!(out, "root:           {name} {}: {how}", dir.display());
+        }
     }
     if let Some(i) = &r.legacy_import {
         let history = if i.history_sent {
@@ -256,8 +364,33 @@ pub fn json(r: &Report) -> String {
             )
         },
     );
+    let watch = r.watch.as_ref().map_or_else(
+        || "\"held\":null,\"roots\":null".to_owned(),
+        |w| {
+            let roots: Vec<String> = w
+                .roots
+                .iter()
+                .map(|(name, dir, watch)| {
+                    format!(
+                        "{{\"name\":{},\"path\":{},\"state\":\"{}\"}}",
+                        json::string(name),
+                        json::string(&dir.to_string_lossy()),
+                        watch.as_str()
+                    )
+                })
+                .collect();
+            format!(
+                "\"held\":{{\"files\":{},\"future_mtimes\":{},\"min_age_secs\":{},\"next_ready\":{}}},\"roots\":[{}]",
+                w.held.files,
+                w.held.future_mtimes,
+                w.min_age_secs,
+                json_time(w.held.next_ready),
+                roots.join(",")
+            )
+        },
+    );
     format!(
-        "{{\"due_files\":{},\"due_bytes\":{},\"oldest_due\":{},\"failing\":{},\"last_ack\":{},\"halt_flag\":{},\"collector_connected\":{},\"collector\":{},\"last_error\":{},\"recent_errors\":[{}],\"legacy_import\":{legacy_import}}}\n",
+        "{{\"due_files\":{},\"due_bytes\":{},\"oldest_due\":{},\"failing\":{},\"last_ack\":{},\"halt_flag\":{},\"collector_connected\":{},\"collector\":{},\"last_error\":{},\"recent_errors\":[{}],{watch},\"legacy_import\":{legacy_import}}}\n",
         r.due_files,
         r.due_bytes,
         json_time(r.oldest_due),
@@ -292,5 +425,26 @@ mod tests {
         assert_eq!(back.last_ack, state.last_ack);
         assert!(back.connected);
         assert_eq!(read(&dir.path().join("missing")), LinkState::default());
+    }
+
+    #[test]
+    fn the_watch_state_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = watch_state_path(dir.path());
+        assert_eq!(read_watch(&path), None);
+        let state = WatchState {
+            min_age_secs: 3600,
+            held: Held {
+                files: 2,
+                future_mtimes: 1,
+                next_ready: Some(UNIX_EPOCH + Duration::from_secs(99)),
+            },
+            roots: vec![
+                ("data".into(), PathBuf::from("/srv/a b"), RootWatch::Watched),
+                ("nfs".into(), PathBuf::from("/mnt/nfs"), RootWatch::Missing),
+            ],
+        };
+        write_watch(&path, &state);
+        assert_eq!(read_watch(&path), Some(state));
     }
 }

@@ -11,9 +11,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use notify::Watcher as _;
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Root;
 use crate::ledger::Identity;
@@ -101,22 +102,84 @@ pub fn scan(root: &Root) -> Result<Vec<Seen>, ScanError> {
     Ok(out)
 }
 
-/// Files waiting to settle, by absolute path.
+/// Files waiting, by absolute path: to settle (no close was seen, so size
+/// and mtime must stay unchanged for the settle time), and to be old enough
+/// (`min_age_secs`). Both count on the agent's own clock from when it first
+/// saw the file with its current size, mtime and inode, never from the
+/// file's mtime: a station whose clock was ahead when it wrote the file
+/// gives it an mtime in the future, and counting from there held it until
+/// the clock caught up (a day, for a clock a day ahead). A restarted agent
+/// starts counting again.
 #[derive(Debug, Default)]
 pub struct Settler {
-    pending: HashMap<PathBuf, (Seen, SystemTime)>,
+    pending: HashMap<PathBuf, Waiting>,
+}
+
+/// One waiting file.
+#[derive(Debug)]
+struct Waiting {
+    seen: Seen,
+    /// When it was first seen with this identity.
+    since: SystemTime,
+    /// Known finished (closed after writing, or renamed in): only
+    /// `min_age` is left to wait for.
+    finished: bool,
+}
+
+/// The files a [`Settler`] holds back though they are finished, waiting
+/// for `min_age`: what `status` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Held {
+    /// Files finished (or settled) and not yet old enough.
+    pub files: usize,
+    /// How many of them have an mtime in the future (a clock ahead).
+    pub future_mtimes: usize,
+    /// When the first of them is old enough.
+    pub next_ready: Option<SystemTime>,
 }
 
 impl Settler {
     /// Notes a file that is not known to be finished; it becomes ready when
-    /// seen unchanged for `settle`. That it was seen written is kept until
-    /// it is ready.
+    /// seen unchanged for the settle time (and `min_age`). That it was seen
+    /// written is kept until it is ready.
     pub fn note(&mut self, mut seen: Seen, now: SystemTime) {
         match self.pending.get_mut(&seen.abs_path) {
-            Some((old, _)) if old.identity == seen.identity => old.written |= seen.written,
+            Some(old) if old.seen.identity == seen.identity => {
+                old.seen.written |= seen.written;
+            }
             old => {
-                seen.written |= old.is_some_and(|(old, _)| old.written);
-                self.pending.insert(seen.abs_path.clone(), (seen, now));
+                seen.written |= old.is_some_and(|old| old.seen.written);
+                self.pending.insert(
+                    seen.abs_path.clone(),
+                    Waiting {
+                        seen,
+                        since: now,
+                        finished: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Holds a finished file until it has been seen unchanged for
+    /// `min_age`, counted from when it was first seen as it is now. That it
+    /// was seen written is kept until it is ready.
+    pub fn hold(&mut self, mut seen: Seen, now: SystemTime) {
+        match self.pending.get_mut(&seen.abs_path) {
+            Some(old) if old.seen.identity == seen.identity => {
+                old.finished = true;
+                old.seen.written |= seen.written;
+            }
+            old => {
+                seen.written |= old.is_some_and(|old| old.seen.written);
+                self.pending.insert(
+                    seen.abs_path.clone(),
+                    Waiting {
+                        seen,
+                        since: now,
+                        finished: true,
+                    },
+                );
             }
         }
     }
@@ -136,25 +199,40 @@ impl Settler {
         self.pending.is_empty()
     }
 
-    /// Re-stats every waiting file: those unchanged for `settle` are returned
-    /// ready; changed ones start waiting again; vanished ones are dropped.
-    pub fn ripe(&mut self, roots: &[Root], settle: Duration, now: SystemTime) -> Vec<Seen> {
+    /// Re-stats every waiting file: those unchanged for long enough (the
+    /// settle time unless finished, and `min_age`) are returned ready;
+    /// changed ones start waiting again; vanished ones are dropped.
+    pub fn ripe(
+        &mut self,
+        roots: &[Root],
+        settle: Duration,
+        min_age: Duration,
+        now: SystemTime,
+    ) -> Vec<Seen> {
         let mut ready = Vec::new();
-        self.pending.retain(|abs, (seen, since)| {
-            let Some(root) = roots.iter().find(|r| r.name == seen.root) else {
+        self.pending.retain(|abs, waiting| {
+            let Some(root) = roots.iter().find(|r| r.name == waiting.seen.root) else {
                 return false;
             };
             match stat(root, abs) {
                 None => false,
-                Some(mut current) if current.identity != seen.identity => {
-                    current.written = seen.written;
-                    *seen = current;
-                    *since = now;
+                Some(mut current) if current.identity != waiting.seen.identity => {
+                    current.written = waiting.seen.written;
+                    *waiting = Waiting {
+                        seen: current,
+                        since: now,
+                        finished: false,
+                    };
                     true
                 }
                 Some(mut current) => {
-                    current.written = seen.written;
-                    if now.duration_since(*since).unwrap_or_default() >= settle {
+                    current.written = waiting.seen.written;
+                    let wait = if waiting.finished {
+                        min_age
+                    } else {
+                        settle.max(min_age)
+                    };
+                    if now.duration_since(waiting.since).unwrap_or_default() >= wait {
                         ready.push(current);
                         false
                     } else {
@@ -164,6 +242,24 @@ impl Settler {
             }
         });
         ready
+    }
+
+    /// The files held back only by `min_age` (finished, or unchanged for
+    /// the settle time).
+    pub fn held(&self, settle: Duration, min_age: Duration, now: SystemTime) -> Held {
+        let mut held = Held::default();
+        for w in self.pending.values() {
+            let waited = now.duration_since(w.since).unwrap_or_default();
+            if (w.finished || waited >= settle) && waited < min_age {
+                held.files += 1;
+                if w.seen.mtime > now {
+                    held.future_mtimes += 1;
+                }
+                let ready = w.since + min_age;
+                held.next_ready = Some(held.next_ready.map_or(ready, |t| t.min(ready)));
+            }
+        }
+        held
     }
 }
 
@@ -208,34 +304,217 @@ pub fn changes(event: &notify::Event) -> Vec<Change> {
     }
 }
 
-/// Starts inotify watches on every root not in poll mode. Returns the
-/// watcher (keep it alive) and the names of roots that fell back to polling
-/// because inotify could not watch them (e.g. out of watches).
-pub fn watch(
-    roots: &[Root],
-    events: mpsc::UnboundedSender<Change>,
-) -> (Option<notify::RecommendedWatcher>, Vec<String>) {
-    use notify::Watcher;
-    let mut fallback = Vec::new();
-    let handler = move |result: notify::Result<notify::Event>| match result {
-        Ok(event) => {
-            for change in changes(&event) {
-                let _ = events.send(change);
+/// How a root is being followed, for `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootWatch {
+    /// inotify events, recursively.
+    Watched,
+    /// Rescanned every poll interval (poll mode, or inotify failed).
+    Polled,
+    /// Does not exist yet: its nearest existing ancestor is watched, and it
+    /// is watched itself as soon as it appears.
+    Missing,
+}
+
+impl RootWatch {
+    /// The word `status` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RootWatch::Watched => "watched",
+            RootWatch::Polled => "polled",
+            RootWatch::Missing => "missing",
+        }
+    }
+
+    /// The state of [`RootWatch::as_str`].
+    pub fn parse(word: &str) -> Option<Self> {
+        [RootWatch::Watched, RootWatch::Polled, RootWatch::Missing]
+            .into_iter()
+            .find(|w| w.as_str() == word)
+    }
+}
+
+/// The inotify watches of the roots. A root that does not exist at the
+/// start (a mount not there yet, a directory the station software creates
+/// later) is not left to polling: the nearest directory above it that
+/// exists is watched (not recursively, by a second inotify instance whose
+/// events only say "look again"), following it down as directories appear,
+/// and the root is watched itself the moment it exists.
+pub struct Watches {
+    watcher: Option<notify::RecommendedWatcher>,
+    /// Watches the nearest existing ancestors of missing roots.
+    ancestors: Option<notify::RecommendedWatcher>,
+    /// Something changed in a watched ancestor.
+    ancestor_events: mpsc::UnboundedReceiver<()>,
+    /// Roots (not in poll mode) that inotify could not watch: polled.
+    fallback: Vec<String>,
+    /// Roots that do not exist yet, with the ancestor watched for each.
+    missing: Vec<(String, Option<PathBuf>)>,
+    /// When missing roots are looked at without an event.
+    recheck_at: Option<tokio::time::Instant>,
+}
+
+impl std::fmt::Debug for Watches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watches")
+            .field("fallback", &self.fallback)
+            .field("missing", &self.missing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Watches {
+    /// Starts inotify watches on every root not in poll mode, sending what
+    /// happens to `events`. A root inotify cannot watch (e.g. out of
+    /// watches) falls back to polling; a missing one waits to appear.
+    pub fn start(roots: &[Root], events: mpsc::UnboundedSender<Change>) -> Self {
+        let handler = move |result: notify::Result<notify::Event>| match result {
+            Ok(event) => {
+                for change in changes(&event) {
+                    let _ = events.send(change);
+                }
             }
+            Err(error) => {
+                warn!(%error, "watch error; rescanning");
+                let _ = events.send(Change::Rescan);
+            }
+        };
+        let (ancestor_tx, ancestor_events) = mpsc::unbounded_channel();
+        let mut watches = Self {
+            watcher: None,
+            ancestors: None,
+            ancestor_events,
+            fallback: Vec::new(),
+            missing: Vec::new(),
+            recheck_at: None,
+        };
+        let mut watcher = match notify::recommended_watcher(handler) {
+            Ok(watcher) => watcher,
+            Err(error) => {
+                warn!(%error, "inotify unavailable; every root is polled");
+                watches.fallback = roots.iter().map(|r| r.name.clone()).collect();
+                return watches;
+            }
+        };
+        watches.ancestors = notify::recommended_watcher(move |_| {
+            let _ = ancestor_tx.send(());
+        })
+        .map_err(|error| warn!(%error, "cannot watch for missing roots; checking every 30 s"))
+        .ok();
+        for root in roots.iter().filter(|r| r.poll.is_none()) {
+            if !root.path.is_dir() {
+                warn!(root = %root.name, path = %root.path.display(), "root does not exist (yet); it is picked up when it appears");
+                watches.missing.push((root.name.clone(), None));
+                continue;
+            }
+            watches.watch_root(&mut watcher, root);
         }
-        Err(error) => {
-            warn!(%error, "watch error; rescanning");
-            let _ = events.send(Change::Rescan);
+        watches.watcher = Some(watcher);
+        watches.appeared(roots);
+        watches
+    }
+
+    /// Names of the roots rescanned every poll interval.
+    pub fn polled(&self, roots: &[Root]) -> Vec<String> {
+        roots
+            .iter()
+            .filter(|r| r.poll.is_some() || self.fallback.contains(&r.name))
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    /// How each root is followed, in configuration order.
+    pub fn states(&self, roots: &[Root]) -> Vec<(String, PathBuf, RootWatch)> {
+        roots
+            .iter()
+            .map(|r| {
+                let state = if self.missing.iter().any(|(name, _)| name == &r.name) {
+                    RootWatch::Missing
+                } else if r.poll.is_some() || self.fallback.contains(&r.name) {
+                    RootWatch::Polled
+                } else {
+                    RootWatch::Watched
+                };
+                (r.name.clone(), r.path.clone(), state)
+            })
+            .collect()
+    }
+
+    /// Whether a root is waiting to appear.
+    pub fn any_missing(&self) -> bool {
+        !self.missing.is_empty()
+    }
+
+    /// Waits until something changes in a watched ancestor of a missing
+    /// root, or `every` passed since the last time this returned for want
+    /// of an event.
+    pub async fn ancestor_changed(&mut self, every: Duration) {
+        let now = tokio::time::Instant::now();
+        let deadline = *self.recheck_at.get_or_insert(now + every);
+        tokio::select! {
+            Some(()) = self.ancestor_events.recv() => {
+                while self.ancestor_events.try_recv().is_ok() {}
+            }
+            () = tokio::time::sleep_until(deadline) => self.recheck_at = None,
         }
-    };
-    let mut watcher = match notify::recommended_watcher(handler) {
-        Ok(watcher) => watcher,
-        Err(error) => {
-            warn!(%error, "inotify unavailable; every root is polled");
-            return (None, roots.iter().map(|r| r.name.clone()).collect());
-        }
-    };
-    for root in roots.iter().filter(|r| r.poll.is_none()) {
+    }
+
+    /// Looks again at the missing roots: watches those that exist now and
+    /// returns their names (rescan them: files may have arrived before the
+    /// watch), and moves the ancestor watch of the others down to the
+    /// nearest directory that exists.
+    pub fn appeared(&mut self, roots: &[Root]) -> Vec<String> {
+        let mut appeared = Vec::new();
+        let mut missing = std::mem::take(&mut self.missing);
+        missing.retain_mut(|(name, watched)| {
+            let Some(root) = roots.iter().find(|r| &r.name == name) else {
+                return false;
+            };
+            // Directories can appear while the watch moves: look again
+            // until what exists stops changing.
+            loop {
+                if root.path.is_dir() {
+                    if let (Some(ancestors), Some(old)) = (self.ancestors.as_mut(), watched.take())
+                    {
+                        let _ = ancestors.unwatch(&old);
+                    }
+                    if let Some(mut watcher) = self.watcher.take() {
+                        self.watch_root(&mut watcher, root);
+                        self.watcher = Some(watcher);
+                    }
+                    info!(root = %root.name, path = %root.path.display(), "root appeared");
+                    appeared.push(root.name.clone());
+                    return false;
+                }
+                let nearest = root.path.ancestors().skip(1).find(|a| a.is_dir());
+                if nearest.map(Path::to_path_buf) == *watched {
+                    return true;
+                }
+                if let (Some(ancestors), Some(old)) = (self.ancestors.as_mut(), watched.take()) {
+                    let _ = ancestors.unwatch(&old);
+                }
+                if let (Some(ancestors), Some(dir)) = (self.ancestors.as_mut(), nearest) {
+                    match ancestors.watch(dir, notify::RecursiveMode::NonRecursive) {
+                        Ok(()) => {
+                            debug!(root = %root.name, dir = %dir.display(), "watching for the root to appear");
+                            *watched = Some(dir.to_owned());
+                        }
+                        Err(error) => {
+                            debug!(root = %root.name, dir = %dir.display(), %error, "cannot watch for the root; checked periodically");
+                            return true;
+                        }
+                    }
+                } else {
+                    return true;
+                }
+            }
+        });
+        self.missing = missing;
+        appeared
+    }
+
+    /// Watches `root` recursively, or puts it in `fallback`.
+    fn watch_root(&mut self, watcher: &mut notify::RecommendedWatcher, root: &Root) {
         if let Err(error) = watcher.watch(&root.path, notify::RecursiveMode::Recursive) {
             let hint = match &error.kind {
                 notify::ErrorKind::MaxFilesWatch => {
@@ -244,12 +523,11 @@ pub fn watch(
                 _ => "",
             };
             warn!(root = %root.name, path = %root.path.display(), %error, "cannot watch{hint}; polling this root instead");
-            fallback.push(root.name.clone());
+            self.fallback.push(root.name.clone());
         } else {
             debug!(root = %root.name, "watching");
         }
     }
-    (Some(watcher), fallback)
 }
 
 #[cfg(test)]
@@ -296,6 +574,7 @@ mod tests {
                 .ripe(
                     std::slice::from_ref(&r),
                     settle,
+                    Duration::ZERO,
                     t0 + Duration::from_secs(2)
                 )
                 .is_empty()
@@ -307,6 +586,7 @@ mod tests {
                 .ripe(
                     std::slice::from_ref(&r),
                     settle,
+                    Duration::ZERO,
                     t0 + Duration::from_secs(4)
                 )
                 .is_empty()
@@ -316,6 +596,7 @@ mod tests {
                 .ripe(
                     std::slice::from_ref(&r),
                     settle,
+                    Duration::ZERO,
                     t0 + Duration::from_secs(8)
                 )
                 .is_empty()
@@ -323,6 +604,7 @@ mod tests {
         let ready = settler.ripe(
             std::slice::from_ref(&r),
             settle,
+            Duration::ZERO,
             t0 + Duration::from_secs(9),
         );
         assert_eq!(ready.len(), 1);
@@ -340,7 +622,65 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH;
         settler.note(stat(&r, &path).unwrap(), t0);
         std::fs::remove_file(&path).unwrap();
-        assert!(settler.ripe(&[r], Duration::ZERO, t0).is_empty());
+        assert!(
+            settler
+                .ripe(&[r], Duration::ZERO, Duration::ZERO, t0)
+                .is_empty()
+        );
         assert!(settler.is_empty());
+    }
+
+    #[test]
+    fn min_age_counts_from_first_sight_whatever_the_mtime_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = root(dir.path());
+        let roots = std::slice::from_ref(&r);
+        let t0 = SystemTime::now();
+        let day = Duration::from_secs(24 * 3600);
+        let (settle, min_age) = (Duration::from_secs(5), Duration::from_secs(60));
+        let ahead = dir.path().join("ahead.bin");
+        std::fs::write(&ahead, b"from a clock a day ahead").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&ahead)
+            .unwrap()
+            .set_modified(t0 + day)
+            .unwrap();
+        let old = dir.path().join("old.bin");
+        std::fs::write(&old, b"closed long ago").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(t0 - day)
+            .unwrap();
+        let mut settler = Settler::default();
+        settler.note(stat(&r, &ahead).unwrap(), t0);
+        settler.hold(stat(&r, &old).unwrap(), t0);
+        let secs = |s| t0 + Duration::from_secs(s);
+        // Settled after 5 s, but both wait for min_age: shown as held.
+        assert!(settler.ripe(roots, settle, min_age, secs(10)).is_empty());
+        let held = settler.held(settle, min_age, secs(10));
+        assert_eq!(
+            held,
+            Held {
+                files: 2,
+                future_mtimes: 1,
+                next_ready: Some(secs(60)),
+            }
+        );
+        // A second close of the same content does not start the count again.
+        settler.hold(stat(&r, &old).unwrap(), secs(30));
+        let mut ready: Vec<PathBuf> = settler
+            .ripe(roots, settle, min_age, secs(60))
+            .into_iter()
+            .map(|s| s.rel_path)
+            .collect();
+        ready.sort();
+        assert_eq!(
+            ready,
+            [PathBuf::from("ahead.bin"), PathBuf::from("old.bin")]
+        );
+        assert_eq!(settler.held(settle, min_age, secs(60)), Held::default());
     }
 }
