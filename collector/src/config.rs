@@ -12,6 +12,8 @@ use ferry_common::codec::MAX_FRAME;
 use ferry_common::metrics::{MetricsSettings, RawMetrics};
 use serde::Deserialize;
 
+use crate::store::mysql::redact;
+
 /// Where the status endpoint listens unless configured otherwise: loopback
 /// only, so it is on by default yet reachable only from the host.
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7451";
@@ -164,20 +166,6 @@ impl std::fmt::Debug for CatalogUrl {
             // Never print the password.
             CatalogUrl::MySql(url) => write!(f, "MySql({})", redact(url)),
         }
-    }
-}
-
-/// `url` with any password replaced by `***`.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
     }
 }
 

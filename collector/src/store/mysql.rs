@@ -139,14 +139,29 @@ impl MySqlStore {
             Some(rest) => format!("mysql://{rest}"),
             None => url.to_owned(),
         };
-        let (url, ssl_ca) = take_param(&url, "ssl_ca");
+        // The credentials are taken out before the driver sees the URL, so
+        // that none of its messages can hold a piece of the password.
+        let Credentials {
+            user,
+            password,
+            rest,
+        } = Credentials::split(&url).map_err(refuse)?;
+        let (url, ssl_ca) = take_param(&rest, "ssl_ca");
+        let ssl_ca = ssl_ca
+            .map(|ca| {
+                decode(&ca)
+                    .ok_or_else(|| refuse("ssl_ca is not a valid percent-encoded path".into()))
+            })
+            .transpose()?;
         let opts = Opts::from_url(&url).map_err(|e| refuse(e.to_string()))?;
         if opts.db_name().is_none_or(str::is_empty) {
             return Err(refuse(
                 "the URL names no database (mysql://user:pass@host:port/db)".into(),
             ));
         }
-        let mut builder = OptsBuilder::from_opts(opts.clone());
+        let mut builder = OptsBuilder::from_opts(opts.clone())
+            .user(user)
+            .pass(password);
         if opts.tcp_keepalive().is_none() {
             // Notices a server that vanished while a connection sat idle.
             builder = builder.tcp_keepalive(Some(Duration::from_secs(30)));
@@ -694,20 +709,108 @@ fn take_param(url: &str, key: &str) -> (String, Option<String>) {
     }
 }
 
-/// `url` with the password between `user:` and `@` replaced by `***`.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+/// `url` with everything between the user name and the host hidden: the
+/// password, in any form it was written. The credentials end at the last
+/// `@` of the URL (a password may hold `@`, `/`, `?` or `#` unencoded), and
+/// the user name at the first `:` before it. A URL that is not
+/// `scheme://...` but holds an `@` loses everything before its last `@`.
+pub fn redact(url: &str) -> String {
+    let Some(at) = url.rfind('@') else {
         return url.to_owned();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
+    let host = &url[at..];
+    match url.split_once("://") {
+        Some((scheme, rest)) if scheme.len() < at => {
+            let userinfo = &rest[..at - scheme.len() - 3];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***{host}"),
+                None => format!("{scheme}://{userinfo}{host}"),
+            }
+        }
+        _ => format!("***{host}"),
     }
+}
+
+/// A URL's user name and password, percent-decoded, and the URL without
+/// them.
+#[derive(PartialEq, Eq)]
+struct Credentials {
+    user: Option<String>,
+    password: Option<String>,
+    /// `scheme://host...`: what the driver parses.
+    rest: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("rest", &self.rest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// Splits `url` as [`redact`] does. Each part is percent-decoded; a `%`
+    /// must start an escape (`%25` for `%` itself), since `%41` could not
+    /// be told from an encoded `A` otherwise. Messages never quote the
+    /// password.
+    fn split(url: &str) -> Result<Self, String> {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err("the URL does not start with mysql://".into());
+        };
+        let Some(at) = rest.rfind('@') else {
+            return Ok(Self {
+                user: None,
+                password: None,
+                rest: url.to_owned(),
+            });
+        };
+        let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
+        let (user, password) = match userinfo.split_once(':') {
+            Some((user, password)) => (user, Some(password)),
+            None => (userinfo, None),
+        };
+        let user = decode(user).ok_or_else(|| {
+            "the user name is not valid percent-encoded UTF-8 (write % as %25)".to_owned()
+        })?;
+        let password = password
+            .map(|p| {
+                decode(p).ok_or_else(|| {
+                    "the password is not valid percent-encoded UTF-8: a % must start an escape \
+                     such as %25 for % itself (percent-encode the password)"
+                        .to_owned()
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            user: (!user.is_empty()).then_some(user),
+            password,
+            rest: format!("{scheme}://{host}"),
+        })
+    }
+}
+
+/// `text` percent-decoded; `None` when a `%` is not followed by two hex
+/// digits or the bytes are not UTF-8.
+fn decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn now_ms() -> i64 {
