@@ -173,7 +173,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("ferry-agent: {error:#}");
+            eprintln!(
+                "ferry-agent: {}",
+                ferry_common::logging::error_chain(error.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

@@ -15,6 +15,11 @@ pub enum AdminError {
     Journal(#[from] crate::journal::JournalError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// One station's status, with the legacy monitoring keys.
@@ -39,7 +44,13 @@ fn store(name: &str, url: &CatalogUrl) -> Result<AnyStore, AdminError> {
     Ok(AnyStore::open(name, url)?)
 }
 
+/// The journal, creating the state directory first (`migrate` and
+/// `reconcile` on a fresh install).
 fn journal(settings: &Settings) -> Result<Journal, AdminError> {
+    std::fs::create_dir_all(&settings.state_dir).map_err(|source| AdminError::StateDir {
+        path: settings.state_dir.clone(),
+        source,
+    })?;
     Ok(Journal::open(&settings.state_dir.join("journal.sqlite"))?)
 }
 
@@ -127,6 +138,7 @@ pub fn station_json(r: &StationStatus) -> String {
 
 /// Runs reconcile between the configured catalogs.
 pub async fn reconcile(settings: &Settings, dry_run: bool) -> Result<Report, AdminError> {
+    journal(settings)?;
     let primary = store("primary", &settings.primary)?;
     let backup = store("backup", &settings.backup)?;
     Ok(reconcile::reconcile(&primary, &backup, dry_run).await?)
@@ -153,11 +165,19 @@ pub fn report_text(report: &Report) -> String {
             s.station, s.primary_rows, s.backup_rows, digest
         );
     }
-    let _ = writeln!(
-        out,
-        "repaired: {} rows into primary, {} rows into backup",
-        report.repaired_primary, report.repaired_backup
-    );
+    if report.dry_run {
+        let _ = writeln!(
+            out,
+            "would copy: {} rows into primary, {} rows into backup (dry run: nothing copied)",
+            report.missing_primary, report.missing_backup
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "repaired: {} rows into primary, {} rows into backup",
+            report.repaired_primary, report.repaired_backup
+        );
+    }
     for conflict in &report.conflicts {
         let _ = writeln!(out, "conflict: {conflict}");
     }

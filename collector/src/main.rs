@@ -29,8 +29,56 @@ options:
 
 --config defaults to /etc/ferry/collector.toml.
 
-Run `ferry-collector pki --help` or `ferry-collector pki <command> --help`
-for the options of each command.
+Run `ferry-collector <command> --help` (or `ferry-collector pki <command>
+--help`) for the options of each command.
+";
+
+const RUN_HELP: &str = "\
+usage: ferry-collector run [--config PATH] [--check]
+
+Runs the collector until SIGTERM or SIGINT.
+
+options:
+  -c, --config PATH  configuration file (default /etc/ferry/collector.toml)
+      --check        validate the configuration and TLS files, then exit
+  -h, --help         print this help
+";
+
+const STATUS_HELP: &str = "\
+usage: ferry-collector status [--config PATH] [--station S] [--json]
+
+Per-station status (host_files, pending_backup, backup_error, last_backup),
+read from the collector's journal.
+
+options:
+  -c, --config PATH  configuration file (default /etc/ferry/collector.toml)
+      --station S    only station S
+      --json         machine-readable output (the JSON of GET /status)
+  -h, --help         print this help
+";
+
+const RECONCILE_HELP: &str = "\
+usage: ferry-collector reconcile [--config PATH] [--dry-run]
+
+Compares the primary and backup catalogs row by row and copies rows missing
+on either side; rows that differ are reported, never overwritten. Exits 1
+while the catalogs differ.
+
+options:
+  -c, --config PATH  configuration file (default /etc/ferry/collector.toml)
+      --dry-run      only say what would be copied
+  -h, --help         print this help
+";
+
+const MIGRATE_HELP: &str = "\
+usage: ferry-collector migrate [--config PATH]
+
+Creates the state directory if needed and runs the schema migrations of the
+journal and both catalogs (the collector also runs them when it starts).
+
+options:
+  -c, --config PATH  configuration file (default /etc/ferry/collector.toml)
+  -h, --help         print this help
 ";
 
 const USAGE: &str = "usage: ferry-collector <command> [options] (see --help)";
@@ -52,7 +100,13 @@ fn main() -> ExitCode {
             "run" | "status" | "reconcile" | "migrate" => {
                 let name = command.to_string_lossy().into_owned();
                 match parse_admin(&name, &mut parser) {
-                    Ok(admin) => run_admin(admin),
+                    Ok(Some(admin)) => run_admin(admin),
+                    Ok(None) => print(match name.as_str() {
+                        "run" => RUN_HELP,
+                        "status" => STATUS_HELP,
+                        "reconcile" => RECONCILE_HELP,
+                        _ => MIGRATE_HELP,
+                    }),
                     Err(message) => usage_error(&message, USAGE),
                 }
             }
@@ -79,7 +133,8 @@ struct Admin {
     station: Option<String>,
 }
 
-fn parse_admin(command: &str, parser: &mut lexopt::Parser) -> Result<Admin, String> {
+/// The command's options; `None` when it was asked for its help.
+fn parse_admin(command: &str, parser: &mut lexopt::Parser) -> Result<Option<Admin>, String> {
     let mut admin = Admin {
         command: command.to_owned(),
         config: "/etc/ferry/collector.toml".into(),
@@ -90,6 +145,7 @@ fn parse_admin(command: &str, parser: &mut lexopt::Parser) -> Result<Admin, Stri
     };
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
+            Short('h') | Long("help") => return Ok(None),
             Short('c') | Long("config") => {
                 admin.config = parser.value().map_err(|e| e.to_string())?.into();
             }
@@ -108,7 +164,7 @@ fn parse_admin(command: &str, parser: &mut lexopt::Parser) -> Result<Admin, Stri
             other => return Err(format!("{command}: {}", other.unexpected())),
         }
     }
-    Ok(admin)
+    Ok(Some(admin))
 }
 
 fn run_admin(admin: Admin) -> ExitCode {
@@ -184,7 +240,10 @@ fn run_admin(admin: Admin) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("ferry-collector: {error:#}");
+            eprintln!(
+                "ferry-collector: {}",
+                ferry_common::logging::error_chain(error.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

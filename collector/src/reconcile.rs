@@ -26,9 +26,14 @@ pub struct StationComparison {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     pub stations: Vec<StationComparison>,
-    /// Rows copied into the primary / backup.
+    /// Rows each side lacks: found missing before any copy.
+    pub missing_primary: u64,
+    pub missing_backup: u64,
+    /// Rows copied into the primary / backup (none in a dry run).
     pub repaired_primary: u64,
     pub repaired_backup: u64,
+    /// Whether this was a dry run, which copies nothing.
+    pub dry_run: bool,
     /// Keys whose rows differ between the catalogs.
     pub conflicts: Vec<String>,
 }
@@ -111,6 +116,9 @@ pub async fn reconcile<P: CatalogStore, B: CatalogStore>(
             to_primary.push(row.clone());
         }
     }
+    report.dry_run = dry_run;
+    report.missing_primary = to_primary.len() as u64;
+    report.missing_backup = to_backup.len() as u64;
     if !dry_run {
         report.repaired_primary = primary.insert_rows(to_primary.clone()).await?;
         report.repaired_backup = backup.insert_rows(to_backup.clone()).await?;
@@ -174,6 +182,7 @@ mod tests {
         let dry = reconcile(&primary, &backup, true).await.unwrap();
         assert!(!dry.identical());
         assert_eq!(dry.repaired_primary + dry.repaired_backup, 0);
+        assert_eq!((dry.missing_primary, dry.missing_backup), (1, 1));
 
         let report = reconcile(&primary, &backup, false).await.unwrap();
         assert_eq!((report.repaired_primary, report.repaired_backup), (1, 1));

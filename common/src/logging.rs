@@ -1,7 +1,8 @@
 //! The daemons' log set-up: `tracing` lines on stderr, filtered by
 //! `$FERRY_LOG` (default `info`), coloured only on a terminal, and shaped
 //! for the systemd journal when stderr is one (no timestamp of our own, a
-//! `<N>` syslog priority prefix so `journalctl -p warning` works).
+//! `<N>` syslog priority prefix so `journalctl -p warning` works); and how
+//! an error is printed with its causes.
 
 use std::io::{self, IsTerminal};
 
@@ -74,9 +75,55 @@ where
     }
 }
 
+/// `error` and its causes, joined by `: `, each cause left out when the
+/// text so far already says it. Many errors put their cause in their own
+/// message (`cannot read {path}: {source}`) and also report it as their
+/// source, so printing the whole chain would say it twice ("Input/output
+/// error: Input/output error").
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let part = error.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = error.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error that says its cause in its own message, as many do.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot read /x: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        let io = std::io::Error::from_raw_os_error(5);
+        let said = error_chain(&Wrapped(io));
+        assert_eq!(said.matches("Input/output error").count(), 1, "{said}");
+        assert!(
+            said.starts_with("cannot read /x: Input/output error"),
+            "{said}"
+        );
+    }
 
     #[test]
     fn levels_map_to_syslog_priorities() {

@@ -196,7 +196,7 @@ async fn a_password_of_special_characters_connects_when_percent_encoded() {
                 db.port()
             );
             let dir = pki.scratch(&format!("db{i}-{form}"));
-            std::fs::create_dir_all(dir.join("state")).unwrap();
+            std::fs::create_dir_all(&dir).unwrap();
             let config = write_config(&pki, &dir, &url, process::free_port().unwrap());
             let config = config.to_str().unwrap();
             let migrate = process::run(&bin, &["migrate", "--config", config]).unwrap();
