@@ -3,8 +3,9 @@
 
 use std::fmt::Write as _;
 
+use crate::CATALOGS;
 use crate::config::{CatalogUrl, Settings};
-use crate::journal::Journal;
+use crate::journal::{CatalogHealth, CatalogState, Journal};
 use crate::reconcile::{self, Report};
 use crate::store::{AnyStore, CatalogStore, StationSummary};
 
@@ -34,7 +35,10 @@ pub struct StationStatus {
     pub pending_backup: u64,
     pub pending_primary: u64,
     pub pending_backup_catalog: u64,
-    /// Files that failed in the last 24 hours (`backup_error`).
+    /// Files that failed in the last 24 hours, plus the station's records
+    /// waiting for a catalog that is down (`backup_error`): the larger of
+    /// the down catalogs' backlogs of this station. Zero only while
+    /// nothing of the station is failing.
     pub backup_error: u64,
     /// Unix seconds of the newest stored file (`last_backup`).
     pub last_backup: Option<i64>,
@@ -54,13 +58,66 @@ fn journal(settings: &Settings) -> Result<Journal, AdminError> {
     Ok(Journal::open(&settings.state_dir.join("journal.sqlite"))?)
 }
 
-/// Status of every station (or one), read from the journal.
+/// One catalog's health and lag, for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogStatus {
+    pub catalog: &'static str,
+    /// `None` until a collector has run its applier.
+    pub health: Option<CatalogHealth>,
+    /// Rows the catalog lacks as far as the collector knows: journal
+    /// records not applied yet, plus, during a backfill, the other
+    /// catalog's rows not yet looked at.
+    pub lag: u64,
+}
+
+/// Everything `status` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub stations: Vec<StationStatus>,
+    pub catalogs: Vec<CatalogStatus>,
+}
+
+/// Status of every station (or one) and of both catalogs, read from the
+/// journal; a collector that has never run has an empty status.
 pub fn status(
     settings: &Settings,
     station: Option<&str>,
     now_ms: i64,
-) -> Result<Vec<StationStatus>, AdminError> {
-    status_of(&journal(settings)?, station, now_ms)
+) -> Result<Status, AdminError> {
+    match Journal::open_existing(&settings.state_dir.join("journal.sqlite"))? {
+        Some(journal) => status_of(&journal, station, now_ms),
+        None => Ok(Status {
+            stations: Vec::new(),
+            catalogs: CATALOGS
+                .iter()
+                .map(|catalog| CatalogStatus {
+                    catalog,
+                    health: None,
+                    lag: 0,
+                })
+                .collect(),
+        }),
+    }
+}
+
+/// Both catalogs' health and lag, from an open journal.
+pub fn catalogs_of(journal: &Journal) -> Result<Vec<CatalogStatus>, AdminError> {
+    CATALOGS
+        .iter()
+        .map(|catalog| {
+            let health = journal.health(catalog)?;
+            let unseen = health
+                .as_ref()
+                .filter(|h| h.state == CatalogState::Backfilling)
+                .and_then(|h| h.backfill)
+                .map_or(0, |b| b.total.saturating_sub(b.scanned));
+            Ok(CatalogStatus {
+                catalog,
+                health,
+                lag: journal.lag(catalog)? + unseen,
+            })
+        })
+        .collect()
 }
 
 /// Status of every station (or one) from an open journal (the running
@@ -69,7 +126,17 @@ pub fn status_of(
     journal: &Journal,
     station: Option<&str>,
     now_ms: i64,
-) -> Result<Vec<StationStatus>, AdminError> {
+) -> Result<Status, AdminError> {
+    let catalogs = catalogs_of(journal)?;
+    let down = |catalog: &str| {
+        catalogs.iter().any(|c| {
+            c.catalog == catalog
+                && c.health
+                    .as_ref()
+                    .is_some_and(|h| h.state == CatalogState::Down)
+        })
+    };
+    let (primary_down, backup_down) = (down(CATALOGS[0]), down(CATALOGS[1]));
     let stations = match station {
         Some(s) => vec![s.to_owned()],
         None => journal.stations()?,
@@ -78,9 +145,10 @@ pub fn status_of(
     for station in stations {
         let stats = journal.station_stats(&station)?;
         let (p, b) = (stats.pending_primary, stats.pending_backup);
-        let errors = journal
+        let failed = journal
             .failures(&station, now_ms - 86_400_000, 1_000_000)?
             .len() as u64;
+        let waiting = if primary_down { p } else { 0 }.max(if backup_down { b } else { 0 });
         out.push(StationStatus {
             station,
             host_files: stats.files,
@@ -88,15 +156,19 @@ pub fn status_of(
             pending_backup: p.max(b),
             pending_primary: p,
             pending_backup_catalog: b,
-            backup_error: errors,
+            backup_error: failed + waiting,
             last_backup: stats.last_stored_ms.map(|ms| ms / 1000),
         });
     }
-    Ok(out)
+    Ok(Status {
+        stations: out,
+        catalogs,
+    })
 }
 
-/// Human-readable status table.
-pub fn status_text(rows: &[StationStatus]) -> String {
+/// Human-readable status: a table of stations, then one of catalogs.
+pub fn status_text(status: &Status, now_ms: i64) -> String {
+    let rows = &status.stations;
     let mut out = format!(
         "{:<24} {:>10} {:>14} {:>10} {:>8} {:>12}\n",
         "station", "files", "bytes", "pending", "errors", "last backup"
@@ -111,13 +183,122 @@ pub fn status_text(rows: &[StationStatus]) -> String {
             r.station, r.host_files, r.bytes, r.pending_backup, r.backup_error, last
         );
     }
+    let _ = writeln!(
+        out,
+        "\n{:<10} {:<12} {:<28} {:>10}  last error",
+        "catalog", "state", "since", "lag"
+    );
+    for c in &status.catalogs {
+        let Some(h) = &c.health else {
+            let _ = writeln!(
+                out,
+                "{:<10} {:<12} {:<28} {:>10}  -",
+                c.catalog, "unknown", "(the collector has not run)", c.lag
+            );
+            continue;
+        };
+        let since = format!(
+            "{} ({} ago)",
+            timestamp(h.since_ms),
+            age(now_ms - h.since_ms)
+        );
+        let error = match (&h.error, h.error_at_ms) {
+            (Some(error), Some(at)) => format!("{} ago: {error}", age(now_ms - at)),
+            (Some(error), None) => error.clone(),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<10} {:<12} {:<28} {:>10}  {error}",
+            c.catalog,
+            h.state.as_str(),
+            since,
+            c.lag
+        );
+        if let Some(b) = h.backfill {
+            let _ = writeln!(
+                out,
+                "{:<10} backfill: {} of {} rows of the other catalog looked at, {} copied{}",
+                "",
+                b.scanned,
+                b.total,
+                b.copied,
+                if h.state == CatalogState::Backfilling {
+                    ""
+                } else {
+                    " (done)"
+                }
+            );
+        }
+    }
     out
 }
 
-/// Status as JSON: an object per station with the legacy keys.
-pub fn status_json(rows: &[StationStatus]) -> String {
-    let items: Vec<String> = rows.iter().map(station_json).collect();
-    format!("[{}]\n", items.join(","))
+/// `ms` (Unix milliseconds) as `2026-12-04T17:40:12Z`.
+fn timestamp(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// A duration in milliseconds, roughly: `42s`, `5m`, `3h`, `2d`.
+fn age(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// Status as JSON: `{"stations":[...],"catalogs":[...]}`, an object per
+/// station with the legacy keys and one per catalog.
+pub fn status_json(status: &Status) -> String {
+    let stations: Vec<String> = status.stations.iter().map(station_json).collect();
+    let catalogs: Vec<String> = status.catalogs.iter().map(catalog_json).collect();
+    format!(
+        "{{\"stations\":[{}],\"catalogs\":[{}]}}\n",
+        stations.join(","),
+        catalogs.join(",")
+    )
+}
+
+/// One catalog's status as a JSON object: its state (`unknown` before the
+/// collector first ran), whether it is reachable, since when (Unix
+/// seconds), lag, last error and when, outages, and its last backfill.
+pub fn catalog_json(c: &CatalogStatus) -> String {
+    let seconds =
+        |ms: Option<i64>| ms.map_or_else(|| "null".to_owned(), |ms| (ms / 1000).to_string());
+    let h = c.health.as_ref();
+    let state = h.map_or("unknown", |h| h.state.as_str());
+    let up = h.is_some_and(|h| matches!(h.state, CatalogState::Up | CatalogState::Backfilling));
+    let backfill = h.and_then(|h| h.backfill).map_or_else(
+        || "null".to_owned(),
+        |b| {
+            format!(
+                "{{\"copied\":{},\"scanned\":{},\"total\":{},\"running\":{}}}",
+                b.copied,
+                b.scanned,
+                b.total,
+                h.is_some_and(|h| h.state == CatalogState::Backfilling)
+            )
+        },
+    );
+    format!(
+        "{{\"catalog\":{},\"state\":{},\"up\":{up},\"since\":{},\"lag\":{},\"error\":{},\"error_at\":{},\"outages\":{},\"backfill\":{backfill}}}",
+        ferry_common::json::string(c.catalog),
+        ferry_common::json::string(state),
+        seconds(h.map(|h| h.since_ms)),
+        c.lag,
+        ferry_common::json::string_or_null(h.and_then(|h| h.error.as_deref())),
+        seconds(h.and_then(|h| h.error_at_ms)),
+        h.map_or(0, |h| h.outages),
+    )
 }
 
 /// One station's status as a JSON object (an element of [`status_json`]).

@@ -108,6 +108,86 @@ pub struct StationStats {
     pub pending_backup: u64,
 }
 
+/// A catalog's state, as its applier last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatalogState {
+    /// Not tried yet since the collector started.
+    Starting,
+    /// Reachable and applying the journal.
+    Up,
+    /// Failing: the journal keeps its records until it returns.
+    Down,
+    /// Reachable, but lacking rows the journal no longer holds: they are
+    /// being copied from the other catalog.
+    Backfilling,
+    /// The collector that fed it stopped.
+    Stopped,
+}
+
+impl CatalogState {
+    /// The word used in status, logs and the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CatalogState::Starting => "starting",
+            CatalogState::Up => "up",
+            CatalogState::Down => "down",
+            CatalogState::Backfilling => "backfilling",
+            CatalogState::Stopped => "stopped",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "up" => CatalogState::Up,
+            "down" => CatalogState::Down,
+            "backfilling" => CatalogState::Backfilling,
+            "stopped" => CatalogState::Stopped,
+            _ => CatalogState::Starting,
+        }
+    }
+}
+
+/// A backfill's progress: rows of the other catalog read, and copied
+/// because this one lacked them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backfill {
+    pub copied: u64,
+    pub scanned: u64,
+    /// Rows of the other catalog when the backfill began.
+    pub total: u64,
+}
+
+/// A catalog's health: what `status`, `/healthz` and the metrics show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogHealth {
+    pub state: CatalogState,
+    /// Unix milliseconds when the state began.
+    pub since_ms: i64,
+    /// The last error (its URL without the password), kept after the
+    /// catalog recovers.
+    pub error: Option<String>,
+    /// Unix milliseconds of the last error.
+    pub error_at_ms: Option<i64>,
+    /// Outages since the journal was created.
+    pub outages: u64,
+    /// While (or since) rows are copied from the other catalog.
+    pub backfill: Option<Backfill>,
+}
+
+impl CatalogHealth {
+    /// A catalog not tried yet.
+    pub fn starting(now_ms: i64) -> Self {
+        Self {
+            state: CatalogState::Starting,
+            since_ms: now_ms,
+            error: None,
+            error_at_ms: None,
+            outages: 0,
+            backfill: None,
+        }
+    }
+}
+
 /// Journal failures.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -165,6 +245,20 @@ const SCHEMA: &[&str] = &[
         catalog TEXT PRIMARY KEY,
         seq INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // Version 2: each catalog's health as its applier last saw it, for the
+    // `status` command, which runs in another process than the daemon.
+    "CREATE TABLE catalog_health (
+        catalog TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        since INTEGER NOT NULL,
+        error TEXT,
+        error_at INTEGER,
+        outages INTEGER NOT NULL,
+        backfill_copied INTEGER,
+        backfill_scanned INTEGER,
+        backfill_total INTEGER,
+        updated INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The journal; cheap to clone, safe to share between tasks (calls block:
@@ -200,6 +294,16 @@ impl Journal {
             path: path.to_owned(),
             conn: Arc::new(Mutex::new(conn)),
         })
+    }
+
+    /// Opens the journal at `path` if there is one: a reader such as
+    /// `status` must not create it (nor its directory) before the
+    /// collector has run.
+    pub fn open_existing(path: &Path) -> Result<Option<Self>, JournalError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        Self::open(path).map(Some)
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -445,6 +549,94 @@ impl Journal {
             .map_err(self.err())?;
         let rows = stmt.query_map([], |r| r.get(0)).map_err(self.err())?;
         rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+
+    /// The highest sequence number pruned: every record up to it has left
+    /// the journal, so a catalog whose position is lower lacks rows only
+    /// the other catalog can give it.
+    pub fn pruned_through(&self) -> Result<u64, JournalError> {
+        let conn = self.lock();
+        let first: Option<i64> = conn
+            .query_row("SELECT MIN(seq) FROM records", [], |r| r.get(0))
+            .map_err(self.err())?;
+        let pruned = match first {
+            Some(first) => first - 1,
+            // Empty: everything ever appended was pruned.
+            None => conn
+                .query_row(
+                    "SELECT seq FROM sqlite_sequence WHERE name = 'records'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(self.err())?
+                .unwrap_or(0),
+        };
+        Ok(pruned.max(0) as u64)
+    }
+
+    /// Keeps `health` as `catalog`'s (at `now_ms`).
+    pub fn set_health(
+        &self,
+        catalog: &str,
+        health: &CatalogHealth,
+        now_ms: i64,
+    ) -> Result<(), JournalError> {
+        let backfill = health.backfill;
+        self.lock()
+            .prepare_cached(
+                "INSERT OR REPLACE INTO catalog_health (catalog, state, since, error, error_at,
+                   outages, backfill_copied, backfill_scanned, backfill_total, updated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    catalog,
+                    health.state.as_str(),
+                    health.since_ms,
+                    health.error,
+                    health.error_at_ms,
+                    health.outages as i64,
+                    backfill.map(|b| b.copied as i64),
+                    backfill.map(|b| b.scanned as i64),
+                    backfill.map(|b| b.total as i64),
+                    now_ms
+                ])
+            })
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// `catalog`'s health as last kept, if ever.
+    pub fn health(&self, catalog: &str) -> Result<Option<CatalogHealth>, JournalError> {
+        self.lock()
+            .prepare_cached(
+                "SELECT state, since, error, error_at, outages, backfill_copied,
+                   backfill_scanned, backfill_total
+                 FROM catalog_health WHERE catalog = ?1",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![catalog], |r| {
+                    let state: String = r.get(0)?;
+                    let copied: Option<i64> = r.get(5)?;
+                    let scanned: Option<i64> = r.get(6)?;
+                    let total: Option<i64> = r.get(7)?;
+                    Ok(CatalogHealth {
+                        state: CatalogState::parse(&state),
+                        since_ms: r.get(1)?,
+                        error: r.get(2)?,
+                        error_at_ms: r.get(3)?,
+                        outages: r.get::<_, i64>(4)?.max(0) as u64,
+                        backfill: copied.map(|copied| Backfill {
+                            copied: copied.max(0) as u64,
+                            scanned: scanned.unwrap_or(0).max(0) as u64,
+                            total: total.unwrap_or(0).max(0) as u64,
+                        }),
+                    })
+                })
+                .optional()
+            })
+            .map_err(self.err())
     }
 
     /// Records `catalog` has not applied yet, for every station together.

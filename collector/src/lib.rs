@@ -141,12 +141,18 @@ pub async fn start(settings: Settings) -> Result<Collector, StartError> {
     let mut tasks = Vec::new();
     let mut appliers = Vec::new();
     let mut wakes = Vec::new();
-    for (name, url) in CATALOGS.iter().zip([&settings.primary, &settings.backup]) {
+    let stores = [
+        AnyStore::open(CATALOGS[0], &settings.primary)?,
+        AnyStore::open(CATALOGS[1], &settings.backup)?,
+    ];
+    for (i, store) in stores.iter().enumerate() {
         let wake = Arc::new(Notify::new());
-        let (state_tx, state_rx) = watch::channel(ApplierState::default());
-        let store = AnyStore::open(name, url)?;
+        let (state_tx, state_rx) = watch::channel(ApplierState::starting(
+            journal::CatalogHealth::starting(applier::now_ms()),
+        ));
         let task = tokio::spawn(applier::run(
-            store,
+            store.clone(),
+            stores[1 - i].clone(),
             journal.clone(),
             wake.clone(),
             state_tx,

@@ -47,8 +47,9 @@ options:
 const STATUS_HELP: &str = "\
 usage: ferry-collector status [--config PATH] [--station S] [--json]
 
-Per-station status (host_files, pending_backup, backup_error, last_backup),
-read from the collector's journal.
+Per-station status (host_files, pending_backup, backup_error, last_backup)
+and each catalog's state, since when, lag and last error, as the running
+collector last recorded them in its journal.
 
 options:
   -c, --config PATH  configuration file (default /etc/ferry/collector.toml)
@@ -214,12 +215,12 @@ fn run_admin(admin: Admin) -> ExitCode {
             "run" => run(settings).await?,
             "status" => {
                 let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
-                let rows =
+                let status =
                     ferry_collector::admin::status(&settings, admin.station.as_deref(), now)?;
                 let text = if admin.json {
-                    ferry_collector::admin::status_json(&rows)
+                    ferry_collector::admin::status_json(&status)
                 } else {
-                    ferry_collector::admin::status_text(&rows)
+                    ferry_collector::admin::status_text(&status, now)
                 };
                 print!("{text}");
             }

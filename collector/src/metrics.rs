@@ -120,6 +120,16 @@ pub struct CatalogView {
     /// Journal records it has not applied yet (`None` if the journal could
     /// not be read).
     pub lag: Option<u64>,
+    /// Whether rows the journal no longer holds are being copied into it
+    /// from the other catalog.
+    pub backfilling: bool,
+    /// Rows of the other catalog the running backfill has not looked at.
+    pub backfill_unseen: u64,
+    /// Unix milliseconds when its current state (up, down, backfilling)
+    /// began.
+    pub since_ms: i64,
+    /// Outages since the journal was created.
+    pub outages: u64,
 }
 
 /// What is read when scraped, besides the counters.
@@ -210,6 +220,42 @@ pub fn render(m: &Metrics, readings: &Readings) -> String {
             e.sample(&[("catalog", c.name)], lag as f64);
         }
     }
+    e.family(
+        "ferry_collector_catalog_state_since_timestamp_seconds",
+        Kind::Gauge,
+        "When the catalog's current state (up, down, backfilling) began",
+    );
+    for c in &readings.catalogs {
+        e.sample(&[("catalog", c.name)], c.since_ms as f64 / 1000.0);
+    }
+    e.family(
+        "ferry_collector_catalog_outages_total",
+        Kind::Counter,
+        "Outages of the catalog since the journal was created",
+    );
+    for c in &readings.catalogs {
+        e.sample(&[("catalog", c.name)], c.outages as f64);
+    }
+    e.family(
+        "ferry_collector_catalog_backfilling",
+        Kind::Gauge,
+        "Whether rows the journal no longer holds are being copied into the \
+         catalog from the other one",
+    );
+    for c in &readings.catalogs {
+        e.sample(
+            &[("catalog", c.name)],
+            if c.backfilling { 1.0 } else { 0.0 },
+        );
+    }
+    e.family(
+        "ferry_collector_catalog_backfill_unseen_rows",
+        Kind::Gauge,
+        "Rows of the other catalog the running backfill has not looked at yet",
+    );
+    for c in &readings.catalogs {
+        e.sample(&[("catalog", c.name)], c.backfill_unseen as f64);
+    }
     if let Some(free) = readings.repository_free {
         e.gauge(
             "ferry_collector_repository_free_bytes",
@@ -238,11 +284,19 @@ mod tests {
                     name: "primary",
                     up: true,
                     lag: Some(0),
+                    backfilling: false,
+                    backfill_unseen: 0,
+                    since_ms: 1_000_000,
+                    outages: 0,
                 },
                 CatalogView {
                     name: "backup",
-                    up: false,
+                    up: true,
                     lag: Some(7),
+                    backfilling: true,
+                    backfill_unseen: 40,
+                    since_ms: 2_000_000,
+                    outages: 2,
                 },
             ],
             repository_free: Some(1 << 30),
@@ -264,7 +318,26 @@ mod tests {
             2.0
         );
         assert_eq!(value("ferry_collector_errors_total{kind=\"busy\"}"), 0.0);
-        assert_eq!(value("ferry_collector_catalog_up{catalog=\"backup\"}"), 0.0);
+        assert_eq!(
+            value("ferry_collector_catalog_up{catalog=\"primary\"}"),
+            1.0
+        );
+        assert_eq!(
+            value("ferry_collector_catalog_backfilling{catalog=\"backup\"}"),
+            1.0
+        );
+        assert_eq!(
+            value("ferry_collector_catalog_backfill_unseen_rows{catalog=\"backup\"}"),
+            40.0
+        );
+        assert_eq!(
+            value("ferry_collector_catalog_outages_total{catalog=\"backup\"}"),
+            2.0
+        );
+        assert_eq!(
+            value("ferry_collector_catalog_state_since_timestamp_seconds{catalog=\"backup\"}"),
+            2000.0
+        );
         assert_eq!(
             value("ferry_collector_journal_lag_records{catalog=\"backup\"}"),
             7.0

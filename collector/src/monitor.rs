@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use crate::CATALOGS;
 use crate::admin;
 use crate::applier::ApplierState;
-use crate::journal::Journal;
+use crate::journal::{CatalogState, Journal};
 use crate::metrics::{self, CatalogView, Metrics, Readings};
 
 /// What the endpoint reads from; shared by its connections.
@@ -94,10 +94,23 @@ impl Monitor {
         CATALOGS
             .iter()
             .zip(&self.appliers)
-            .map(|(name, state)| CatalogView {
-                name,
-                up: state.borrow().error.is_none(),
-                lag: self.journal.lag(name).ok(),
+            .map(|(name, state)| {
+                // The applier's own view: the journal's copy may lag it
+                // when the journal cannot be written.
+                let state = state.borrow();
+                let health = &state.health;
+                CatalogView {
+                    name,
+                    up: state.is_up(),
+                    lag: self.journal.lag(name).ok(),
+                    backfilling: health.state == CatalogState::Backfilling,
+                    backfill_unseen: health
+                        .backfill
+                        .filter(|_| health.state == CatalogState::Backfilling)
+                        .map_or(0, |b| b.total.saturating_sub(b.scanned)),
+                    since_ms: health.since_ms,
+                    outages: health.outages,
+                }
             })
             .collect()
     }
@@ -117,9 +130,9 @@ impl Monitor {
             }
         }
         match admin::status_of(&self.journal, station, now_ms()) {
-            Ok(rows) => match (station, rows.first()) {
+            Ok(status) => match (station, status.stations.first()) {
                 (Some(_), Some(row)) => Response::json(200, admin::station_json(row) + "\n"),
-                _ => Response::json(200, admin::status_json(&rows)),
+                _ => Response::json(200, admin::status_json(&status)),
             },
             Err(error) => Response::json(
                 500,
@@ -130,23 +143,10 @@ impl Monitor {
 
     fn health(&self) -> Response {
         let journal = self.journal.check_writable();
-        let catalogs: Vec<String> = CATALOGS
-            .iter()
-            .zip(&self.appliers)
-            .map(|(name, state)| {
-                let state = state.borrow();
-                let lag = self
-                    .journal
-                    .lag(name)
-                    .map_or_else(|_| "null".to_owned(), |n| n.to_string());
-                format!(
-                    "{{\"catalog\":{},\"up\":{},\"lag\":{lag},\"error\":{}}}",
-                    json::string(name),
-                    state.error.is_none(),
-                    json::string_or_null(state.error.as_deref())
-                )
-            })
-            .collect();
+        let catalogs = match admin::catalogs_of(&self.journal) {
+            Ok(catalogs) => catalogs.iter().map(admin::catalog_json).collect(),
+            Err(_) => Vec::new(),
+        };
         let (status, word, journal) = match &journal {
             Ok(()) => (200, "ok", json::string("writable")),
             Err(error) => (503, "unhealthy", json::string(&error.to_string())),

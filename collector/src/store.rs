@@ -65,6 +65,18 @@ pub trait CatalogStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Per-station totals.
     fn summary(&self) -> impl Future<Output = Result<Vec<StationSummary>, StoreError>> + Send;
+    /// How many file rows the catalog holds.
+    fn count_rows(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Up to `limit` file rows after row id `after`, in id order, with
+    /// their ids: a backfill reads a whole catalog a page at a time.
+    fn rows_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(i64, CatalogRow)>, StoreError>> + Send;
+    /// Moves the applied position up to `seq` (never down), for a catalog
+    /// that was given the rows up to `seq` otherwise (a backfill).
+    fn mark_applied(&self, seq: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Either kind of store, chosen by the catalog URL.
@@ -124,6 +136,22 @@ impl CatalogStore for AnyStore {
 
     async fn summary(&self) -> Result<Vec<StationSummary>, StoreError> {
         delegate!(self, s => s.summary().await)
+    }
+
+    async fn count_rows(&self) -> Result<u64, StoreError> {
+        delegate!(self, s => s.count_rows().await)
+    }
+
+    async fn rows_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, CatalogRow)>, StoreError> {
+        delegate!(self, s => s.rows_after(after, limit).await)
+    }
+
+    async fn mark_applied(&self, seq: u64) -> Result<(), StoreError> {
+        delegate!(self, s => s.mark_applied(seq).await)
     }
 }
 
@@ -347,6 +375,49 @@ impl CatalogStore for SqliteStore {
                 })
                 .map_err(err)?;
             rows.collect::<Result<_, _>>().map_err(err)
+        })
+        .await
+    }
+
+    async fn count_rows(&self) -> Result<u64, StoreError> {
+        self.with(|conn, err| {
+            conn.query_row("SELECT COUNT(*) FROM files", [], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+                .map_err(err)
+        })
+        .await
+    }
+
+    async fn rows_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, CatalogRow)>, StoreError> {
+        self.with(move |conn, err| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, station, path, size, mtime_ns, sha256, stored_as, received_at, transfer
+                     FROM files WHERE id > ?1 ORDER BY id LIMIT ?2",
+                )
+                .map_err(err)?;
+            let rows = stmt
+                .query_map(params![after, limit as i64], |r| {
+                    Ok((r.get(0)?, Record::from_sqlite_row(r, 1)?))
+                })
+                .map_err(err)?;
+            rows.collect::<Result<_, _>>().map_err(err)
+        })
+        .await
+    }
+
+    async fn mark_applied(&self, seq: u64) -> Result<(), StoreError> {
+        self.with(move |conn, err| {
+            conn.execute(
+                "UPDATE applied SET seq = MAX(seq, ?1) WHERE id = 1",
+                params![seq as i64],
+            )
+            .map(|_| ())
+            .map_err(err)
         })
         .await
     }

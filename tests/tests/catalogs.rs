@@ -157,7 +157,9 @@ async fn both_catalogs_down_for_a_while_the_journal_holds_everything() {
     s.backup.kill9();
     send(&mut s.link, &mut s.flow, &s.dir, "during", 40, 100).await;
     // Nothing could be applied: every record waits in the journal.
-    let status = ferry_collector::admin::status(&s.collector.settings, Some("s1"), 0).unwrap();
+    let status = ferry_collector::admin::status(&s.collector.settings, Some("s1"), 0)
+        .unwrap()
+        .stations;
     assert_eq!(status[0].pending_primary, 40, "{status:?}");
     assert_eq!(status[0].pending_backup_catalog, 40, "{status:?}");
     assert_eq!(status[0].host_files, 50);
@@ -170,10 +172,14 @@ async fn both_catalogs_down_for_a_while_the_journal_holds_everything() {
     // The journal learns an applied position just after the catalog commits
     // it, so its pending counts may trail the rows by one applier turn.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut status = ferry_collector::admin::status(&s.collector.settings, Some("s1"), 0).unwrap();
+    let mut status = ferry_collector::admin::status(&s.collector.settings, Some("s1"), 0)
+        .unwrap()
+        .stations;
     while status[0].pending_backup > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        status = ferry_collector::admin::status(&s.collector.settings, Some("s1"), 0).unwrap();
+        status = ferry_collector::admin::status(&s.collector.settings, Some("s1"), 0)
+            .unwrap()
+            .stations;
     }
     assert_eq!(status[0].pending_backup, 0, "{status:?}");
     s.collector.stop().await;

@@ -444,7 +444,9 @@ async fn files_survive_kills_cuts_and_database_outages_exactly_once() {
                     .unwrap_or(u64::MAX / 1024)
             })
             .sum();
-        let status = ferry_collector::admin::status(&settings, None, 0).unwrap_or_default();
+        let status = ferry_collector::admin::status(&settings, None, 0)
+            .map(|s| s.stations)
+            .unwrap_or_default();
         let stored: u64 = status.iter().map(|s| s.host_files).sum();
         let pending: u64 = status.iter().map(|s| s.pending_backup).sum();
         if due == 0 && stored == total as u64 && pending == 0 {

@@ -62,7 +62,9 @@ async fn stored_but_not_acked() -> Setup {
     proxy.throttle(None);
     let settings = collector.settings.clone();
     eventually(WAIT, || {
-        let status = ferry_collector::admin::status(&settings, Some("s1"), 0).ok()?;
+        let status = ferry_collector::admin::status(&settings, Some("s1"), 0)
+            .ok()?
+            .stations;
         (status.first()?.host_files == 1).then_some(())
     })
     .await

@@ -178,8 +178,9 @@ fn outbox(agent: &TestAgent) -> std::path::PathBuf {
 async fn stored(collector: &TestCollector, count: u64, seed: u64) {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let status =
-            ferry_collector::admin::status(&collector.settings, None, 0).unwrap_or_default();
+        let status = ferry_collector::admin::status(&collector.settings, None, 0)
+            .map(|s| s.stations)
+            .unwrap_or_default();
         let stored: u64 = status.iter().map(|s| s.host_files).sum();
         if stored >= count {
             return;

@@ -253,7 +253,7 @@ async fn metrics_and_status_agree_with_a_transfer() {
     assert_eq!(reply.header("Content-Type"), Some("application/json"));
     assert!(
         reply.body.starts_with(&format!(
-            "[{{\"station\":\"s1\",\"host_files\":{files},\"bytes\":{bytes},\"pending_backup\":0,"
+            "{{\"stations\":[{{\"station\":\"s1\",\"host_files\":{files},\"bytes\":{bytes},\"pending_backup\":0,"
         )),
         "{}",
         reply.body
@@ -274,10 +274,12 @@ async fn metrics_and_status_agree_with_a_transfer() {
     );
     let one = http::get(status, "/status/s1").await.unwrap();
     assert_eq!(one.status, 200);
-    assert_eq!(
-        format!("[{}]\n", one.body.trim_end()),
-        reply.body,
-        "/status/s1 is the station's element of /status"
+    assert!(
+        reply
+            .body
+            .starts_with(&format!("{{\"stations\":[{}]", one.body.trim_end())),
+        "/status/s1 is the station's element of /status: {}",
+        one.body
     );
     assert_eq!(
         http::get(status, "/status/nobody").await.unwrap().status,
@@ -291,7 +293,10 @@ async fn metrics_and_status_agree_with_a_transfer() {
             .starts_with("{\"status\":\"ok\",\"journal\":\"writable\",\"catalogs\":[")
             && health
                 .body
-                .contains("{\"catalog\":\"backup\",\"up\":true,\"lag\":0,\"error\":null}"),
+                .contains("{\"catalog\":\"backup\",\"state\":\"up\",\"up\":true,\"since\":")
+            && health.body.contains(
+                "\"lag\":0,\"error\":null,\"error_at\":null,\"outages\":0,\"backfill\":null}"
+            ),
         "{}",
         health.body
     );

@@ -1,5 +1,5 @@
-//! Rough edges of the command line: `migrate` works on a fresh install (no
-//! state directory yet), every subcommand of both binaries
+//! Rough edges of the command line: `migrate` and `status` work on a fresh
+//! install (no state directory yet), every subcommand of both binaries
 //! takes `--help`, `reconcile --dry-run` says what it would copy, and an
 //! error's cause is printed once.
 
@@ -20,13 +20,25 @@ fn said(out: &std::process::Output) -> String {
 }
 
 #[test]
-fn migrate_works_before_the_state_directory_exists() {
+fn migrate_and_status_work_before_the_state_directory_exists() {
     let pki = TestPki::new().unwrap();
     let collector = TestCollector::new(&pki, "").unwrap();
     let state = collector.settings.state_dir.clone();
     assert!(!state.exists());
     let bin = process::binary("ferry-collector").unwrap();
     let config = collector.config_path.to_str().unwrap();
+    let status = process::run(&bin, &["status", "--config", config]).unwrap();
+    assert!(status.status.success(), "{}", said(&status));
+    assert!(!state.exists(), "status is a reader: it creates nothing");
+    let json = process::run(&bin, &["status", "--json", "--config", config]).unwrap();
+    assert!(json.status.success(), "{}", said(&json));
+    assert!(
+        said(&json).starts_with(
+            "{\"stations\":[],\"catalogs\":[{\"catalog\":\"primary\",\"state\":\"unknown\""
+        ),
+        "{}",
+        said(&json)
+    );
     let migrate = process::run(&bin, &["migrate", "--config", config]).unwrap();
     assert!(migrate.status.success(), "{}", said(&migrate));
     assert!(state.join("journal.sqlite").exists());

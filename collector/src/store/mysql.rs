@@ -377,6 +377,52 @@ impl CatalogStore for MySqlStore {
         })
         .await
     }
+
+    async fn count_rows(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed("counting rows", async {
+            let n: Option<i64> = conn.query_first("SELECT COUNT(*) FROM files").await?;
+            Ok(n.unwrap_or(0).max(0) as u64)
+        })
+        .await
+    }
+
+    async fn rows_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, CatalogRow)>, StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed("reading rows", async {
+            let raw: Vec<Row> = conn
+                .exec(
+                    "SELECT id, station, path, size, mtime_ns, sha256, stored_as, received_at, transfer
+                     FROM files WHERE id > ? ORDER BY id LIMIT ?",
+                    (after, limit as u64),
+                )
+                .await?;
+            raw.into_iter()
+                .map(|mut row| {
+                    let id: i64 = take(&mut row, 0, "id")?;
+                    Ok((id, read_record(&mut row, 1)?))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn mark_applied(&self, seq: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed("moving the applied position", async {
+            conn.exec_drop(
+                "UPDATE applied SET seq = GREATEST(seq, ?) WHERE id = 1",
+                (seq as i64,),
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 /// Why an operation failed, before it is named for the catalog.
@@ -659,15 +705,21 @@ async fn add_counters(tx: &mut Transaction<'_>, inserted: &[&Keyed<'_>]) -> Resu
 }
 
 fn read_row(mut row: Row) -> Result<CatalogRow, Failure> {
+    read_record(&mut row, 0)
+}
+
+/// A record from columns `first..first + 8` (station, path, size,
+/// mtime_ns, sha256, stored_as, received_at, transfer).
+fn read_record(row: &mut Row, first: usize) -> Result<CatalogRow, Failure> {
     Ok(Record {
-        station: take(&mut row, 0, "station")?,
-        path: take(&mut row, 1, "path")?,
-        size: take::<i64>(&mut row, 2, "size")? as u64,
-        mtime_ns: take(&mut row, 3, "mtime_ns")?,
-        sha256: hash32(take(&mut row, 4, "sha256")?, "sha256")?,
-        stored_as: take(&mut row, 5, "stored_as")?,
-        received_at: take(&mut row, 6, "received_at")?,
-        transfer: take(&mut row, 7, "transfer")?,
+        station: take(row, first, "station")?,
+        path: take(row, first + 1, "path")?,
+        size: take::<i64>(row, first + 2, "size")? as u64,
+        mtime_ns: take(row, first + 3, "mtime_ns")?,
+        sha256: hash32(take(row, first + 4, "sha256")?, "sha256")?,
+        stored_as: take(row, first + 5, "stored_as")?,
+        received_at: take(row, first + 6, "received_at")?,
+        transfer: take(row, first + 7, "transfer")?,
     })
 }
 
