@@ -144,3 +144,25 @@ async fn reconcile_dry_run_says_what_it_would_copy() {
         "a dry run copies nothing"
     );
 }
+
+/// mysql_async wraps an I/O error twice, each layer saying "Input/output
+/// error: " before the next.
+#[test]
+fn a_refused_database_connection_says_input_output_error_once() {
+    let pki = TestPki::new().unwrap();
+    let mut collector = TestCollector::new(&pki, "").unwrap();
+    let refused = process::free_port().unwrap().port();
+    collector
+        .use_catalogs(
+            &format!("mysql://ferry:pw@127.0.0.1:{refused}/ferry?prefer_socket=false"),
+            "sqlite://backup.sqlite",
+        )
+        .unwrap();
+    let bin = process::binary("ferry-collector").unwrap();
+    let config = collector.config_path.to_str().unwrap();
+    let out = process::run(&bin, &["migrate", "--config", config]).unwrap();
+    let text = said(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("Connection refused"), "{text}");
+    assert_eq!(text.matches("Input/output error").count(), 1, "{text}");
+}

@@ -205,7 +205,7 @@ impl MySqlStore {
         let name = self.name.clone();
         self.pool.disconnect().await.map_err(|e| StoreError::Other {
             catalog: name,
-            reason: e.to_string(),
+            reason: driver_message(&e),
         })
     }
 
@@ -233,9 +233,11 @@ impl MySqlStore {
         };
         match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => {
-                Err(self.other(format_args!("cannot connect to {}: {e}", self.shown_url)))
-            }
+            Ok(Err(e)) => Err(self.other(format_args!(
+                "cannot connect to {}: {}",
+                self.shown_url,
+                driver_message(&e)
+            ))),
             Err(_) => Err(self.other(format_args!(
                 "cannot connect to {} within {:?}",
                 self.shown_url, self.connect_timeout
@@ -251,7 +253,9 @@ impl MySqlStore {
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.operation_timeout, op).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(Failure::Db(e))) => Err(self.other(format_args!("{what}: {e}"))),
+            Ok(Err(Failure::Db(e))) => {
+                Err(self.other(format_args!("{what}: {}", driver_message(&e))))
+            }
             Ok(Err(Failure::Data(reason))) => Err(self.other(format_args!("{what}: {reason}"))),
             Err(_) => Err(self.other(format_args!(
                 "{what} took longer than {:?}",
@@ -422,6 +426,18 @@ impl CatalogStore for MySqlStore {
             Ok(())
         })
         .await
+    }
+}
+
+/// A driver error as a message: mysql_async wraps an I/O error twice and
+/// each layer prefixes "Input/output error: ", so it is said once here.
+fn driver_message(e: &mysql_async::Error) -> String {
+    match e {
+        mysql_async::Error::Io(mysql_async::IoError::Io(io)) => {
+            format!("Input/output error: {io}")
+        }
+        mysql_async::Error::Io(mysql_async::IoError::Tls(tls)) => format!("TLS error: {tls}"),
+        other => other.to_string(),
     }
 }
 
