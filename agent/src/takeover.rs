@@ -277,6 +277,87 @@ fn secs(t: SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::FileState;
+
+    /// Settings with one root `data` and the legacy files, all in `dir`.
+    fn settings(dir: &Path) -> Settings {
+        let text = format!(
+            "collectors = [\"c:1\"]\nstate_dir = {state:?}\n[tls]\nca = \"/a\"\ncert = \"/b\"\nkey = \"/c\"\n\
+             [[roots]]\nname = \"data\"\npath = {root:?}\n",
+            state = dir.join("state"),
+            root = dir.join("data"),
+        );
+        crate::config::parse(&text, Path::new("/etc/ferry/agent.toml")).unwrap()
+    }
+
+    fn set_mtime(path: &Path, t: SystemTime) {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+
+    #[test]
+    fn refused_lines_are_kept_up_to_a_bound_and_a_file_changed_after_its_copy_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&settings.state_dir).unwrap();
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        for name in ["copied.bin", "changed.bin"] {
+            std::fs::write(data.join(name), name).unwrap();
+            set_mtime(&data.join(name), now - 2 * hour);
+        }
+        // Rewritten after indexerD's server last wrote BACKUP_DONE.
+        set_mtime(&data.join("changed.bin"), now);
+        let legacy = &settings.legacy;
+        let bad: String = (0..REFUSED_SHOWN + 10)
+            .map(|i| format!("relative/{i}.bin\n"))
+            .collect();
+        std::fs::write(&legacy.due_backup, bad).unwrap();
+        let done = format!(
+            "{}\0/copied.bin\0\n{}/changed.bin\n/elsewhere/gone.bin\n",
+            data.display(),
+            data.display()
+        );
+        std::fs::write(&legacy.backup_done, done).unwrap();
+        set_mtime(&legacy.backup_done, now - hour);
+
+        let mut ledger = Ledger::open(&settings.ledger).unwrap();
+        let report = take_over(&settings, &mut ledger, now).unwrap().unwrap();
+        assert_eq!(report.refused, REFUSED_SHOWN + 10);
+        assert_eq!(report.refused_lines.len(), REFUSED_SHOWN);
+        assert_eq!(report.refused_lines[0].line, 1);
+        assert_eq!(report.refused_lines[0].reason, Refusal::Relative);
+        assert_eq!((report.imported, report.not_found), (0, 0));
+        assert_eq!(report.already_copied, 1);
+        assert_eq!(report.changed_since_copy, 1);
+        assert_eq!(
+            ledger.state("data", Path::new("copied.bin")).unwrap(),
+            Some(FileState::Done)
+        );
+        // Not recorded: the first scan finds it and it is due.
+        assert_eq!(
+            ledger.state("data", Path::new("changed.bin")).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn without_indexerd_lists_there_is_nothing_to_take_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        std::fs::create_dir_all(&settings.state_dir).unwrap();
+        let mut ledger = Ledger::open(&settings.ledger).unwrap();
+        assert_eq!(
+            take_over(&settings, &mut ledger, SystemTime::now()).unwrap(),
+            None
+        );
+    }
 
     #[test]
     fn the_report_round_trips() {
