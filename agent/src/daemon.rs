@@ -417,7 +417,14 @@ async fn watch_roots(
     let metrics = &*metrics;
     let state_path = status::watch_state_path(&settings.state_dir);
     let mut published = None;
-    publish(&settings, &watches, &settler, &state_path, &mut published);
+    publish(
+        &settings,
+        &watches,
+        &settler,
+        metrics,
+        &state_path,
+        &mut published,
+    );
     rescan(
         &settings,
         &ledger,
@@ -475,7 +482,7 @@ async fn watch_roots(
                     let ready: Vec<Seen> = ready.into_iter().filter(|s| s.identity.size >= settings.min_size).collect();
                     record(&ledger, &ready, &due_changed, metrics);
                 }
-                publish(&settings, &watches, &settler, &state_path, &mut published);
+                publish(&settings, &watches, &settler, metrics, &state_path, &mut published);
             }
             // A missing root may have appeared: watch it, and rescan it
             // for what arrived before the watch (and once more after).
@@ -485,7 +492,7 @@ async fn watch_roots(
                     polled = watches.polled(&settings.roots);
                     rescan(&settings, &ledger, Some(&appeared), &mut settler, &due_changed, metrics);
                     follow_up = Some(tokio::time::Instant::now() + RESCAN_FOLLOW_UP);
-                    publish(&settings, &watches, &settler, &state_path, &mut published);
+                    publish(&settings, &watches, &settler, metrics, &state_path, &mut published);
                 }
             }
             _ = full.tick() => rescan(&settings, &ledger, None, &mut settler, &due_changed, metrics),
@@ -504,12 +511,13 @@ const RESCAN_FOLLOW_UP: Duration = Duration::from_secs(1);
 /// again).
 const MISSING_ROOT_RECHECK: Duration = Duration::from_secs(30);
 
-/// Writes the watcher's state for `status` (held files, how each root is
-/// followed) when it changed since `published`.
+/// Writes the watcher's state for `status` and the metrics (held files,
+/// how each root is followed) when it changed since `published`.
 fn publish(
     settings: &Settings,
     watches: &Watches,
     settler: &Settler,
+    metrics: &Metrics,
     path: &Path,
     published: &mut Option<status::WatchState>,
 ) {
@@ -519,6 +527,16 @@ fn publish(
         roots: watches.states(&settings.roots),
     };
     if published.as_ref() != Some(&state) {
+        let missing = state
+            .roots
+            .iter()
+            .filter(|(_, _, watch)| *watch == files::RootWatch::Missing)
+            .count();
+        let store = |gauge: &std::sync::atomic::AtomicU64, n: usize| {
+            gauge.store(n as u64, std::sync::atomic::Ordering::Relaxed)
+        };
+        store(&metrics.held_files, state.held.files);
+        store(&metrics.missing_roots, missing);
         status::write_watch(path, &state);
         *published = Some(state);
     }

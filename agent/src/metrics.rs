@@ -81,6 +81,10 @@ pub struct Metrics {
     pub retries: AtomicU64,
     /// Whether a session with a collector is open.
     pub connected: AtomicBool,
+    /// Finished files held back by `min_age_secs` (set by the watcher).
+    pub held_files: AtomicU64,
+    /// Roots that do not exist (yet), waited for by the watcher.
+    pub missing_roots: AtomicU64,
     errors: [AtomicU64; KINDS.len()],
 }
 
@@ -256,6 +260,16 @@ pub fn render(m: &Metrics, r: &Readings) -> String {
         "Whether a session with a collector is open",
         u64::from(m.connected.load(Ordering::Relaxed)),
     );
+    e.gauge(
+        "ferry_agent_held_files",
+        "Finished files held back until seen unchanged for min_age_secs",
+        load(&m.held_files),
+    );
+    e.gauge(
+        "ferry_agent_missing_roots",
+        "Configured roots that do not exist (yet); each is picked up when it appears",
+        load(&m.missing_roots),
+    );
     if let (Some(files), Some(bytes), Some(failing)) = (r.due_files, r.due_bytes, r.failing) {
         e.gauge(
             "ferry_agent_due_files",
@@ -305,6 +319,8 @@ mod tests {
         Metrics::add(&m.bytes_sent, 4096);
         m.error(ErrorKind::Connect);
         m.set_connected(true);
+        Metrics::add(&m.held_files, 3);
+        Metrics::add(&m.missing_roots, 1);
         let readings = Readings {
             due_files: Some(2),
             due_bytes: Some(10),
@@ -323,6 +339,8 @@ mod tests {
         assert_eq!(value("ferry_agent_errors_total{kind=\"connect\"}"), 1.0);
         assert_eq!(value("ferry_agent_errors_total{kind=\"scan\"}"), 0.0);
         assert_eq!(value("ferry_agent_connected"), 1.0);
+        assert_eq!(value("ferry_agent_held_files"), 3.0);
+        assert_eq!(value("ferry_agent_missing_roots"), 1.0);
         assert_eq!(value("ferry_agent_due_files"), 2.0);
         assert_eq!(value("ferry_agent_due_bytes"), 10.0);
         assert_eq!(
