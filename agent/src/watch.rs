@@ -401,6 +401,12 @@ impl Watches {
         })
         .map_err(|error| warn!(%error, "cannot watch for missing roots; checking every 30 s"))
         .ok();
+        for root in roots
+            .iter()
+            .filter(|r| r.poll.is_some() && !r.path.is_dir())
+        {
+            warn!(root = %root.name, path = %root.path.display(), "root does not exist (yet); it is polled until it appears");
+        }
         for root in roots.iter().filter(|r| r.poll.is_none()) {
             if !root.path.is_dir() {
                 warn!(root = %root.name, path = %root.path.display(), "root does not exist (yet); it is picked up when it appears");
