@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::config::{AfterAck, Root, Settings};
 use crate::due_list;
 use crate::halt_flag::{self, HaltFlag, Held, Raise};
-use crate::ledger::{Acked, AckedFile, DueFile, FileKey, Ledger, Observation, Observed};
+use crate::ledger::{Acked, AckedFile, DueFile, Failure, FileKey, Ledger, Observation, Observed};
 use crate::metrics::{ErrorKind, Metrics, Source};
 use crate::sender::{self, Flow, OutgoingFile};
 use crate::status::{self, LinkState};
@@ -312,7 +312,8 @@ fn enter(
     if !held.is_empty()
         && let Err(error) = tokio::task::block_in_place(|| lock(ledger).still_there(&held, now))
     {
-        warn!(%error, "ledger update failed");
+        metrics.error(ErrorKind::Ledger);
+        metrics.state_disk.missed(&error);
     }
     record(ledger, &go, due_changed, metrics);
 }
@@ -334,7 +335,7 @@ fn record(ledger: &Shared, ready: &[Seen], due_changed: &DueSignal, metrics: &Me
         }
         Err(error) => {
             metrics.error(ErrorKind::Ledger);
-            warn!(%error, "ledger update failed");
+            metrics.state_disk.missed(&error);
         }
     }
 }
@@ -382,7 +383,8 @@ fn rescan(
         if let Err(error) =
             tokio::task::block_in_place(|| lock(ledger).still_there(&waiting, seen_at))
         {
-            warn!(%error, "ledger update failed");
+            metrics.error(ErrorKind::Ledger);
+            metrics.state_disk.missed(&error);
         }
         for s in young {
             settler.note(s, now);
@@ -396,7 +398,7 @@ fn rescan(
             }
             Err(error) => {
                 metrics.error(ErrorKind::Ledger);
-                warn!(%error, "ledger sweep failed");
+                metrics.state_disk.missed(&error);
             }
         }
     }
@@ -475,6 +477,12 @@ async fn watch_roots(
                 rescan(&settings, &ledger, None, &mut settler, &due_changed, metrics);
             }
             _ = settle.tick() => {
+                // What could not be recorded while the state disk was
+                // full is found again once it has room.
+                if metrics.state_disk.rescan_now() {
+                    info!("rescanning for what could not be recorded while the state was unwritable");
+                    rescan(&settings, &ledger, None, &mut settler, &due_changed, metrics);
+                }
                 if !settler.is_empty() {
                     let ready = tokio::task::block_in_place(|| {
                         settler.ripe(&settings.roots, settings.settle, settings.min_age, SystemTime::now())
@@ -608,7 +616,7 @@ fn handle(
                 Ok(None) => {}
                 Err(error) => {
                     metrics.error(ErrorKind::Ledger);
-                    warn!(%error, "ledger update failed");
+                    metrics.state_disk.missed(&error);
                 }
             }
         }
@@ -691,6 +699,7 @@ async fn send_due(
         queued: None,
         running: None,
         running_ids: Vec::new(),
+        unrecorded: std::collections::VecDeque::new(),
     };
     let context = Context {
         ledger: &ledger,
@@ -706,12 +715,40 @@ async fn send_due(
     // Whatever the list on disk holds, it is checked against the ledger.
     let mut due_list = DueList::stale();
     let mut busy_logged = false;
+    // While the agent's state cannot be written (a full disk), nothing is
+    // offered: what must be recorded is retried at these intervals.
+    let mut state_retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut state_next = tokio::time::Instant::now();
     loop {
         if *shutdown.borrow() {
             break;
         }
         if due_changed.take() {
             due_list.changed();
+        }
+        if metrics.state_disk.is_failing() || settling.has_unrecorded() {
+            // The batch on the wire is seen through; its ack waits in
+            // memory if it cannot be recorded.
+            if let Some(previous) = in_flight.take() {
+                finish_pending(previous, &mut link, &mut flow, &context, &mut settling).await;
+                continue;
+            }
+            settling.finish(&state_path).await;
+            if tokio::time::Instant::now() < state_next {
+                tokio::select! {
+                    () = tokio::time::sleep_until(state_next) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                }
+                continue;
+            }
+            if record_again(&settings, &ledger, &metrics, &mut settling, &state_path) {
+                metrics.state_disk.recovered();
+                state_retry.reset();
+                due_list.changed();
+            } else {
+                state_next = tokio::time::Instant::now() + state_retry.next_delay();
+            }
+            continue;
         }
         let now = SystemTime::now();
         // A file is never in two batches at once: one still on the wire, or
@@ -903,7 +940,13 @@ async fn send_due(
             continue;
         };
         let mut keys: Vec<_> = batch.iter().map(|d| d.key).collect();
-        let _ = tokio::task::block_in_place(|| lock(&ledger).mark_sending(&keys));
+        // Not offered unless recorded as on the wire: an ack that could
+        // not be recorded would have them offered again and again.
+        if let Err(error) = tokio::task::block_in_place(|| lock(&ledger).mark_sending(&keys)) {
+            metrics.error(ErrorKind::Ledger);
+            metrics.state_disk.failed(&error);
+            continue;
+        }
         // The ledger is done with for this batch: the last ack received is
         // recorded beside its streaming.
         if settling.start(&state_path).await {
@@ -942,7 +985,7 @@ async fn send_due(
                 tokio::task::block_in_place(|| lock(&ledger).mark_unchanged(&unchanged))
             {
                 metrics.error(ErrorKind::Ledger);
-                warn!(%error, "ledger update failed");
+                metrics.state_disk.failed(&error);
                 batch_failed(&keys, &context);
                 continue;
             }
@@ -1034,6 +1077,13 @@ fn busy_ids(in_flight: Option<&Pending>, settling: &Settling) -> std::collection
         )
         .map(|k| k.id)
         .chain(settling.running_ids.iter().copied())
+        .chain(
+            settling
+                .unrecorded
+                .iter()
+                .flat_map(|s| s.batch.iter().map(|d| d.key.id)),
+        )
+        .chain(settling.metrics.state_disk.unmark_ids())
         .collect()
 }
 
@@ -1116,6 +1166,10 @@ fn write_due_list(
                 warn!(path = ?path, "name contains a newline or ends in a carriage return: left out of DUE_BACKUP (still sent)");
             }
         }
+        Err(error) if error.is_disk_full() => {
+            metrics.error(ErrorKind::LegacyFiles);
+            metrics.state_disk.failed(&error);
+        }
         Err(error) => {
             metrics.error(ErrorKind::LegacyFiles);
             warn!(%error, "cannot write DUE_BACKUP");
@@ -1186,8 +1240,49 @@ async fn finish_pending(
 /// A batch that did not complete: its files are due again (not a failure
 /// of theirs) and count as retries.
 fn batch_failed(keys: &[FileKey], context: &Context<'_>) {
-    let _ = tokio::task::block_in_place(|| lock(context.ledger).unmark_sending(keys));
+    if let Err(error) = tokio::task::block_in_place(|| lock(context.ledger).unmark_sending(keys)) {
+        context.metrics.error(ErrorKind::Ledger);
+        context.metrics.state_disk.failed(&error);
+        context.metrics.state_disk.unmark_later(keys);
+    }
     Metrics::add(&context.metrics.retries, keys.len() as u64);
+}
+
+/// Records what could not be recorded while the agent's state was
+/// unwritable: files to return to due, acks in order, post-ack work; or,
+/// with nothing waiting, a probe of the ledger. Whether all of it is
+/// recorded now.
+fn record_again(
+    settings: &Settings,
+    ledger: &Shared,
+    metrics: &Metrics,
+    settling: &mut Settling,
+    state_path: &Path,
+) -> bool {
+    let unmark = metrics.state_disk.take_unmark();
+    if !unmark.is_empty()
+        && let Err(error) = tokio::task::block_in_place(|| lock(ledger).unmark_sending(&unmark))
+    {
+        metrics.state_disk.unmark_later(&unmark);
+        metrics.state_disk.failed(&error);
+        return false;
+    }
+    if !settling.record_unrecorded(state_path) {
+        return false;
+    }
+    if !finish_acked(settings, ledger, metrics, false) {
+        return false;
+    }
+    let probe = tokio::task::block_in_place(|| {
+        lock(ledger).set_marker("state-writable", SystemTime::now())
+    });
+    match probe {
+        Ok(()) => true,
+        Err(error) => {
+            metrics.state_disk.failed(&error);
+            false
+        }
+    }
 }
 
 /// Records a broken session: metrics, log, status file. The caller drops
@@ -1228,10 +1323,14 @@ struct Settling {
     ledger: Shared,
     metrics: Arc<Metrics>,
     queued: Option<Settled>,
-    /// Gives the ack's time, if the ledger recorded it.
-    running: Option<tokio::task::JoinHandle<Option<SystemTime>>>,
+    /// Gives the ack's time if the ledger recorded it, or the batch back.
+    running: Option<tokio::task::JoinHandle<Result<SystemTime, Settled>>>,
     /// The row ids of the batch being recorded.
     running_ids: Vec<i64>,
+    /// Acks the ledger could not take (its disk is full), oldest first:
+    /// recorded again by [`Settling::record_unrecorded`], in order; their
+    /// files are offered to nobody meanwhile.
+    unrecorded: std::collections::VecDeque<Settled>,
 }
 
 impl Settling {
@@ -1248,6 +1347,11 @@ impl Settling {
             return false;
         };
         let recorded = self.wait(state_path).await;
+        if !self.unrecorded.is_empty() {
+            // Acks are recorded in order.
+            self.unrecorded.push_back(settled);
+            return recorded;
+        }
         let (settings, ledger, metrics) = (
             self.settings.clone(),
             self.ledger.clone(),
@@ -1263,16 +1367,25 @@ impl Settling {
 
     /// Waits for the ack being recorded and puts its time in the status
     /// file (here, not on the blocking thread: the sender writes that file
-    /// too). Whether there was one.
+    /// too); one the ledger could not take waits in `unrecorded`. Whether
+    /// there was one.
     async fn wait(&mut self, state_path: &Path) -> bool {
         let Some(running) = self.running.take() else {
             return false;
         };
-        self.running_ids.clear();
-        if let Ok(Some(acked_at)) = running.await {
-            let mut state = status::read(state_path);
-            state.last_ack = Some(acked_at);
-            status::write(state_path, &state);
+        let ids = std::mem::take(&mut self.running_ids);
+        match running.await {
+            Ok(Ok(acked_at)) => {
+                let mut state = status::read(state_path);
+                state.last_ack = Some(acked_at);
+                status::write(state_path, &state);
+            }
+            Ok(Err(settled)) => self.unrecorded.push_back(settled),
+            Err(error) => {
+                // Not recorded, and gone: the files stay sent-pending until
+                // the next start returns them to due.
+                warn!(%error, files = ids.len(), "recording an ack failed");
+            }
         }
         true
     }
@@ -1282,31 +1395,51 @@ impl Settling {
         let started = self.start(state_path).await;
         self.wait(state_path).await || started
     }
+
+    /// Whether acks wait for the ledger to take them.
+    fn has_unrecorded(&self) -> bool {
+        !self.unrecorded.is_empty()
+    }
+
+    /// Records the acks the ledger could not take before, in order, on this
+    /// thread. Whether all are recorded now.
+    fn record_unrecorded(&mut self, state_path: &Path) -> bool {
+        while let Some(settled) = self.unrecorded.pop_front() {
+            let span = settled.span.clone();
+            let result = tokio::task::block_in_place(|| {
+                span.in_scope(|| settle_batch(&self.settings, &self.ledger, &self.metrics, settled))
+            });
+            match result {
+                Ok(acked_at) => {
+                    let mut state = status::read(state_path);
+                    state.last_ack = Some(acked_at);
+                    status::write(state_path, &state);
+                }
+                Err(settled) => {
+                    self.unrecorded.push_front(settled);
+                    return false;
+                }
+            }
+        }
+        true
+    }
 }
 
-/// Records a batch's results: acks in the ledger and `BACKUP_DONE`, the
-/// post-ack action, failures with their retry time; logs one line. Gives
-/// the time of the ack if the ledger took it. Blocking.
+/// Records a batch's results: acks and failures in the ledger (one
+/// transaction), then `BACKUP_DONE` and the post-ack action; logs. Gives
+/// the time of the ack, or the batch back if the ledger could not take it
+/// (nothing of it is recorded then). Blocking.
 fn settle_batch(
     settings: &Settings,
     ledger: &Shared,
     metrics: &Metrics,
     settled: Settled,
-) -> Option<SystemTime> {
-    let Settled {
-        batch,
-        reports,
-        started,
-        span: _,
-    } = settled;
+) -> Result<SystemTime, Settled> {
     let now = SystemTime::now();
     let mut acks = Vec::new();
-    let mut failed = 0usize;
-    let sent: u64 = reports.iter().map(|r| r.sent).sum();
-    Metrics::add(&metrics.acks, 1);
-    Metrics::add(&metrics.bytes_transferred, sent);
-    for report in &reports {
-        let Some(due) = batch.get(report.index) else {
+    let mut failures = Vec::new();
+    for report in &settled.reports {
+        let Some(due) = settled.batch.get(report.index) else {
             continue;
         };
         match &report.outcome {
@@ -1316,39 +1449,51 @@ fn settle_batch(
                     sha256: *sha256,
                 });
             }
-            Outcome::Failed(error) => {
-                failed += 1;
-                metrics.error(ErrorKind::File);
-                Metrics::add(&metrics.retries, 1);
-                let retry = now + retry_after(due.attempts, error.retryable());
-                warn!(root = %due.root, path = %due.rel_path.display(), %error, "file not stored; will retry");
-                let _ = tokio::task::block_in_place(|| {
-                    lock(ledger).mark_failed(due.key, &error.to_string(), now, retry)
-                });
-            }
+            Outcome::Failed(error) => failures.push(Failure {
+                key: due.key,
+                error: error.to_string(),
+                retry_at: now + retry_after(due.attempts, error.retryable()),
+            }),
         }
     }
-    let acked = match tokio::task::block_in_place(|| lock(ledger).mark_acked(&acks, now)) {
-        Ok(acked) => acked,
-        Err(error) => {
-            metrics.error(ErrorKind::Ledger);
-            warn!(%error, "cannot record acks; the files will be offered again");
-            return None;
+    let acked =
+        match tokio::task::block_in_place(|| lock(ledger).record_batch(&acks, &failures, now)) {
+            Ok(acked) => acked,
+            Err(error) => {
+                metrics.error(ErrorKind::Ledger);
+                metrics.state_disk.failed(&error);
+                return Err(settled);
+            }
+        };
+    let Settled {
+        batch,
+        reports,
+        started,
+        span: _,
+    } = settled;
+    let sent: u64 = reports.iter().map(|r| r.sent).sum();
+    Metrics::add(&metrics.acks, 1);
+    Metrics::add(&metrics.bytes_transferred, sent);
+    for report in &reports {
+        if let (Some(due), Outcome::Failed(error)) = (batch.get(report.index), &report.outcome) {
+            metrics.error(ErrorKind::File);
+            Metrics::add(&metrics.retries, 1);
+            warn!(root = %due.root, path = %due.rel_path.display(), %error, "file not stored; will retry");
         }
-    };
+    }
     let bytes: u64 = acked.iter().map(|a| a.identity.size).sum();
     Metrics::add(&metrics.files_sent, acked.len() as u64);
     Metrics::add(&metrics.bytes_sent, bytes);
     finish_acked(settings, ledger, metrics, false);
     info!(
         acked = acked.len(),
-        failed,
+        failed = failures.len(),
         bytes,
         sent,
         ms = started.elapsed().as_millis() as u64,
         "batch acknowledged"
     );
-    Some(now)
+    Ok(now)
 }
 
 /// The post-ack work of every acked file still waiting for it (this
@@ -1357,14 +1502,16 @@ fn settle_batch(
 /// stop anywhere in between leaves the work pending for the next start, so
 /// no line and no deletion is lost. At start (`restarted`), files already on
 /// the last lines of `BACKUP_DONE` (written just before a stop) are not
-/// written twice.
-fn finish_acked(settings: &Settings, ledger: &Shared, metrics: &Metrics, restarted: bool) {
+/// written twice. False if a full state disk (or an unusable ledger)
+/// stopped it: then it is tried again with the sender's other unrecorded
+/// work.
+fn finish_acked(settings: &Settings, ledger: &Shared, metrics: &Metrics, restarted: bool) -> bool {
     let pending = match tokio::task::block_in_place(|| lock(ledger).post_ack_pending()) {
         Ok(pending) if !pending.is_empty() => pending,
-        Ok(_) => return,
+        Ok(_) => return true,
         Err(error) => {
             warn!(%error, "ledger unreadable; post-ack work postponed");
-            return;
+            return false;
         }
     };
     let roots = settings.root_dirs();
@@ -1393,10 +1540,17 @@ fn finish_acked(settings: &Settings, ledger: &Shared, metrics: &Metrics, restart
                 warn!(path = ?path, "name contains a newline: left out of BACKUP_DONE");
             }
         }
+        Err(error) if error.is_disk_full() => {
+            metrics.error(ErrorKind::LegacyFiles);
+            metrics.state_disk.failed(&error);
+            return false;
+        }
         Err(error) => {
+            // Not the state disk: sending goes on, and this is tried
+            // again after the next ack.
             metrics.error(ErrorKind::LegacyFiles);
             warn!(%error, "cannot append to BACKUP_DONE; will retry");
-            return;
+            return true;
         }
     }
     for (acked, path) in &files {
@@ -1405,8 +1559,11 @@ fn finish_acked(settings: &Settings, ledger: &Shared, metrics: &Metrics, restart
         }
     }
     if let Err(error) = tokio::task::block_in_place(|| lock(ledger).post_ack_done(&pending)) {
-        warn!(%error, "ledger update failed");
+        metrics.error(ErrorKind::Ledger);
+        metrics.state_disk.failed(&error);
+        return false;
     }
+    true
 }
 
 /// Applies the configured post-ack action to `path`, only if it is still

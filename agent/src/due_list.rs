@@ -69,6 +69,13 @@ pub enum DueListError {
     BadPath { path: PathBuf },
 }
 
+impl DueListError {
+    /// Whether a write failed for want of space (or quota).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Self::Write { source, .. } if crate::state_disk::is_full(source))
+    }
+}
+
 /// What [`write_due_backup`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Written {

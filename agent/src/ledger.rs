@@ -195,6 +195,18 @@ pub struct Acked {
     pub sha256: [u8; 32],
 }
 
+/// A file of a batch the collector could not store, for
+/// [`Ledger::record_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The row and generation that was sent.
+    pub key: FileKey,
+    /// What went wrong.
+    pub error: String,
+    /// When it may be offered again.
+    pub retry_at: SystemTime,
+}
+
 /// A file that became done, for `BACKUP_DONE` and the post-ack action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AckedFile {
@@ -595,11 +607,24 @@ impl Ledger {
         acks: &[Acked],
         now: SystemTime,
     ) -> Result<Vec<AckedFile>, LedgerError> {
+        self.record_batch(acks, &[], now)
+    }
+
+    /// A batch's results in one transaction: [`Ledger::mark_acked`] for the
+    /// acks and [`Ledger::mark_failed`] for the failures. All or nothing, so
+    /// a batch whose results could not be recorded (a full disk) can be
+    /// recorded again later as a whole.
+    pub fn record_batch(
+        &mut self,
+        acks: &[Acked],
+        failures: &[Failure],
+        now: SystemTime,
+    ) -> Result<Vec<AckedFile>, LedgerError> {
         let err = self.sql();
         self.conn
             .pragma_update(None, "synchronous", "FULL")
             .map_err(&err)?;
-        let result = self.mark_acked_in(acks, to_ms(now));
+        let result = self.record_batch_in(acks, failures, to_ms(now));
         let restored = self
             .conn
             .pragma_update(None, "synchronous", "NORMAL")
@@ -609,10 +634,18 @@ impl Ledger {
         Ok(acked)
     }
 
-    fn mark_acked_in(&mut self, acks: &[Acked], now: i64) -> Result<Vec<AckedFile>, LedgerError> {
+    fn record_batch_in(
+        &mut self,
+        acks: &[Acked],
+        failures: &[Failure],
+        now: i64,
+    ) -> Result<Vec<AckedFile>, LedgerError> {
         let err = self.sql();
         let tx = self.conn.transaction().map_err(&err)?;
         let mut done = Vec::new();
+        for f in failures {
+            mark_failed_in(&tx, f.key, &f.error, now, to_ms(f.retry_at)).map_err(&err)?;
+        }
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -701,16 +734,9 @@ impl Ledger {
     ) -> Result<bool, LedgerError> {
         let err = self.sql();
         let tx = self.conn.transaction().map_err(&err)?;
-        let changed = tx
-            .execute(
-                "UPDATE files SET state = 'due', attempts = attempts + 1, last_error = ?3,
-                     last_error_at = ?4, next_attempt_at = ?5
-                 WHERE id = ?1 AND generation = ?2 AND state <> 'done'",
-                params![key.id, key.generation, error, to_ms(now), to_ms(retry_at)],
-            )
-            .map_err(&err)?;
+        let changed = mark_failed_in(&tx, key, error, to_ms(now), to_ms(retry_at)).map_err(&err)?;
         tx.commit().map_err(&err)?;
-        Ok(changed == 1)
+        Ok(changed)
     }
 
     /// Records that files were seen on disk without judging their identity
@@ -1150,6 +1176,23 @@ fn observe_in(
     } else {
         Observed::Changed
     })
+}
+
+fn mark_failed_in(
+    tx: &Transaction<'_>,
+    key: FileKey,
+    error: &str,
+    now: i64,
+    retry_at: i64,
+) -> rusqlite::Result<bool> {
+    let changed = tx
+        .prepare_cached(
+            "UPDATE files SET state = 'due', attempts = attempts + 1, last_error = ?3,
+                 last_error_at = ?4, next_attempt_at = ?5
+             WHERE id = ?1 AND generation = ?2 AND state <> 'done'",
+        )?
+        .execute(params![key.id, key.generation, error, now, retry_at])?;
+    Ok(changed == 1)
 }
 
 fn vanished_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Vanished, bool)> {

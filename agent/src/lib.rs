@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod recheck;
 pub mod sandbox;
 pub mod sender;
+pub mod state_disk;
 pub mod status;
 pub mod takeover;
 pub mod watch;

@@ -85,6 +85,9 @@ pub struct Metrics {
     pub held_files: AtomicU64,
     /// Roots that do not exist (yet), waited for by the watcher.
     pub missing_roots: AtomicU64,
+    /// Whether the agent's state can be written; what waits to be
+    /// recorded (shared by the watcher and the sender with the counters).
+    pub state_disk: crate::state_disk::StateDisk,
     errors: [AtomicU64; KINDS.len()],
 }
 
