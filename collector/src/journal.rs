@@ -196,6 +196,8 @@ pub enum JournalError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error("cannot open the journal {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
     #[error("journal {path} has schema version {found}, this build knows up to {known}")]
     TooNew {
         path: PathBuf,
@@ -272,9 +274,14 @@ pub struct Journal {
 impl Journal {
     /// Opens (creating and migrating) the journal at `path`.
     pub fn open(path: &Path) -> Result<Self, JournalError> {
-        let err = |source| JournalError::Sqlite {
-            path: path.to_owned(),
-            source,
+        let err = |source: rusqlite::Error| {
+            // SQLite names the file in its own message: say it once.
+            let message = source.to_string();
+            let suffix = format!(": {}", path.display());
+            JournalError::Open {
+                path: path.to_owned(),
+                reason: message.strip_suffix(&suffix).unwrap_or(&message).to_owned(),
+            }
         };
         let mut conn = Connection::open(path).map_err(err)?;
         // FULL: an ack promises the record survives power loss, not only a

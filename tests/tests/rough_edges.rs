@@ -166,3 +166,26 @@ fn a_refused_database_connection_says_input_output_error_once() {
     assert!(text.contains("Connection refused"), "{text}");
     assert_eq!(text.matches("Input/output error").count(), 1, "{text}");
 }
+
+#[test]
+fn a_journal_that_cannot_be_opened_is_named_once() {
+    let pki = TestPki::new().unwrap();
+    let collector = TestCollector::new(&pki, "").unwrap();
+    // A directory where the journal file should be.
+    let journal = collector.settings.state_dir.join("journal.sqlite");
+    std::fs::create_dir_all(&journal).unwrap();
+    let bin = process::binary("ferry-collector").unwrap();
+    let config = collector.config_path.to_str().unwrap();
+    for command in ["status", "migrate"] {
+        let out = process::run(&bin, &[command, "--config", config]).unwrap();
+        let text = said(&out);
+        assert!(!out.status.success(), "{text}");
+        let path = journal.display().to_string();
+        assert_eq!(text.matches(&path).count(), 1, "{command}: {text}");
+        assert_eq!(
+            text.matches("unable to open").count(),
+            1,
+            "{command}: {text}"
+        );
+    }
+}
