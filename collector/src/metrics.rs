@@ -115,7 +115,7 @@ impl Drop for SessionGauge {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogView {
     pub name: &'static str,
-    /// Whether its applier's last attempt succeeded.
+    /// Whether it answers (its applier is applying or backfilling).
     pub up: bool,
     /// Journal records it has not applied yet (`None` if the journal could
     /// not be read).
@@ -204,8 +204,8 @@ pub fn render(m: &Metrics, readings: &Readings) -> String {
     e.family(
         "ferry_collector_catalog_up",
         Kind::Gauge,
-        "Whether the catalog's last apply attempt succeeded (a down catalog \
-         loses nothing: the journal keeps its records)",
+        "Whether the catalog answers: its applier is applying or backfilling \
+         (a down catalog loses nothing: the journal keeps its records)",
     );
     for c in &readings.catalogs {
         e.sample(&[("catalog", c.name)], if c.up { 1.0 } else { 0.0 });
