@@ -2,12 +2,14 @@
 //! entries, and a sender task that ships the due set to the collector in
 //! batches, holding `HALT_FLAG` while it owns `DUE_BACKUP` or transfers.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use ferry_common::backoff::Backoff;
 use ferry_common::link::{ClientLink, ClientLinkConfig};
+use ferry_common::name;
 use ferry_common::protocol::Outcome;
 use ferry_common::readiness::Notifier;
 use ferry_common::station::StationId;
@@ -623,12 +625,9 @@ fn handle(
     }
 }
 
-/// Delay before a failed file is offered again: doubling from 5 s to 1 h,
-/// or 6 h for errors a retry cannot fix soon.
-fn retry_after(attempts: u32, retryable: bool) -> Duration {
-    if !retryable {
-        return Duration::from_secs(6 * 3600);
-    }
+/// Delay before a failed file is offered again: doubling from 5 s to 1 h.
+/// (A file refused for good is not offered again until it changes.)
+fn retry_after(attempts: u32) -> Duration {
     let secs = 5u64.saturating_mul(1 << attempts.min(10));
     Duration::from_secs(secs.min(3600))
 }
@@ -956,7 +955,7 @@ async fn send_due(
             .iter()
             .map(|d| OutgoingFile {
                 root: d.root.clone(),
-                rel_path: d.rel_path.to_string_lossy().into_owned(),
+                rel_path: d.rel_path.as_os_str().as_bytes().to_vec(),
                 abs_path: roots
                     .get(&d.root)
                     .map(|r| r.join(&d.rel_path))
@@ -1452,7 +1451,9 @@ fn settle_batch(
             Outcome::Failed(error) => failures.push(Failure {
                 key: due.key,
                 error: error.to_string(),
-                retry_at: now + retry_after(due.attempts, error.retryable()),
+                // A refusal that cannot pass is not retried until the file
+                // changes.
+                retry_at: error.retryable().then(|| now + retry_after(due.attempts)),
             }),
         }
     }
@@ -1477,8 +1478,15 @@ fn settle_batch(
     for report in &reports {
         if let (Some(due), Outcome::Failed(error)) = (batch.get(report.index), &report.outcome) {
             metrics.error(ErrorKind::File);
-            Metrics::add(&metrics.retries, 1);
-            warn!(root = %due.root, path = %due.rel_path.display(), %error, "file not stored; will retry");
+            let path = name::encode(due.rel_path.as_os_str().as_bytes());
+            if error.retryable() {
+                Metrics::add(&metrics.retries, 1);
+                warn!(root = %due.root, %path, %error, "file not stored; will retry");
+            } else {
+                // Said once: the file is not offered again until it changes.
+                Metrics::add(&metrics.refused, 1);
+                warn!(root = %due.root, %path, %error, "file refused for good; not offered again until it changes");
+            }
         }
     }
     let bytes: u64 = acked.iter().map(|a| a.identity.size).sum();

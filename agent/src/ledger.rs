@@ -203,8 +203,9 @@ pub struct Failure {
     pub key: FileKey,
     /// What went wrong.
     pub error: String,
-    /// When it may be offered again.
-    pub retry_at: SystemTime,
+    /// When it may be offered again; `None` for a refusal that cannot
+    /// pass: not offered again until the file changes.
+    pub retry_at: Option<SystemTime>,
 }
 
 /// A file that became done, for `BACKUP_DONE` and the post-ack action.
@@ -258,6 +259,9 @@ pub struct DueSummary {
     pub oldest: Option<SystemTime>,
     /// How many of them have failed at least once.
     pub failing: u64,
+    /// How many of them the collector refused for good: they are not
+    /// offered again until they change.
+    pub refused: u64,
 }
 
 /// The last error of a file that failed to go.
@@ -275,6 +279,9 @@ pub struct FileError {
     pub at: SystemTime,
     /// When it will be tried again.
     pub retry_at: Option<SystemTime>,
+    /// Whether the collector refused it for good: it is not tried again
+    /// until it changes.
+    pub permanent: bool,
 }
 
 /// The ledger: one SQLite connection.
@@ -488,7 +495,8 @@ impl Ledger {
                 "SELECT id, generation, root, rel_path, size, mtime_ns, ctime_ns, inode, attempts,
                         due_since, offered, CASE WHEN verify = 1 THEN sha256 END
                  FROM files
-                 WHERE state = 'due' AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)
+                 WHERE state = 'due' AND refused = 0
+                   AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)
                  ORDER BY due_since, id
                  LIMIT ?2",
             )
@@ -644,7 +652,7 @@ impl Ledger {
         let tx = self.conn.transaction().map_err(&err)?;
         let mut done = Vec::new();
         for f in failures {
-            mark_failed_in(&tx, f.key, &f.error, now, to_ms(f.retry_at)).map_err(&err)?;
+            mark_failed_in(&tx, f.key, &f.error, now, f.retry_at.map(to_ms)).map_err(&err)?;
         }
         {
             let mut stmt = tx
@@ -734,7 +742,25 @@ impl Ledger {
     ) -> Result<bool, LedgerError> {
         let err = self.sql();
         let tx = self.conn.transaction().map_err(&err)?;
-        let changed = mark_failed_in(&tx, key, error, to_ms(now), to_ms(retry_at)).map_err(&err)?;
+        let changed =
+            mark_failed_in(&tx, key, error, to_ms(now), Some(to_ms(retry_at))).map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        Ok(changed)
+    }
+
+    /// Records that the collector refused a file for good (a retry cannot
+    /// succeed): it stays due (it is not backed up) but is not offered
+    /// again until its identity changes. Returns false if the file changed
+    /// meanwhile or is gone.
+    pub fn mark_refused(
+        &mut self,
+        key: FileKey,
+        error: &str,
+        now: SystemTime,
+    ) -> Result<bool, LedgerError> {
+        let err = self.sql();
+        let tx = self.conn.transaction().map_err(&err)?;
+        let changed = mark_failed_in(&tx, key, error, to_ms(now), None).map_err(&err)?;
         tx.commit().map_err(&err)?;
         Ok(changed)
     }
@@ -909,14 +935,22 @@ impl Ledger {
     /// Files not yet acknowledged, their bytes and the oldest.
     pub fn due_summary(&self) -> Result<DueSummary, LedgerError> {
         let err = self.sql();
-        let (files, bytes, oldest, failing): (i64, i64, Option<i64>, i64) = self
+        let (files, bytes, oldest, failing, refused): (i64, i64, Option<i64>, i64, i64) = self
             .conn
             .query_row(
                 "SELECT count(*), coalesce(sum(size), 0), min(due_since),
-                        count(*) FILTER (WHERE attempts > 0)
+                        count(*) FILTER (WHERE attempts > 0), count(*) FILTER (WHERE refused = 1)
                  FROM files WHERE state IN ('due', 'sent-pending')",
                 [],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
+                },
             )
             .map_err(&err)?;
         Ok(DueSummary {
@@ -924,6 +958,7 @@ impl Ledger {
             bytes: from_sql_u64(bytes),
             oldest: oldest.map(from_ms),
             failing: from_sql_u64(failing),
+            refused: from_sql_u64(refused),
         })
     }
 
@@ -958,7 +993,7 @@ impl Ledger {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT root, rel_path, last_error, attempts, last_error_at, next_attempt_at
+                "SELECT root, rel_path, last_error, attempts, last_error_at, next_attempt_at, refused
                  FROM files
                  WHERE last_error IS NOT NULL AND state <> 'done'
                  ORDER BY last_error_at DESC, id DESC
@@ -975,6 +1010,7 @@ impl Ledger {
                     attempts: u32::try_from(row.get::<_, i64>(3)?).unwrap_or(u32::MAX),
                     at: from_ms(row.get::<_, Option<i64>>(4)?.unwrap_or(0)),
                     retry_at: row.get::<_, Option<i64>>(5)?.map(from_ms),
+                    permanent: row.get::<_, i64>(6)? != 0,
                 })
             })
             .map_err(&err)?;
@@ -1096,6 +1132,9 @@ const MIGRATIONS: &[&str] = &[
     // from now on kept when the file changes) before it is sent.
     "ALTER TABLE files ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE files ADD COLUMN verify INTEGER NOT NULL DEFAULT 0;",
+    // 5: whether the collector refused the current content for good (not
+    // offered again until the file changes).
+    "ALTER TABLE files ADD COLUMN refused INTEGER NOT NULL DEFAULT 0;",
 ];
 
 fn observe_in(
@@ -1158,7 +1197,7 @@ fn observe_in(
     tx.prepare_cached(
         "UPDATE files SET size = ?2, mtime_ns = ?3, ctime_ns = ?4, inode = ?5,
              generation = generation + 1, verify = (sha256 IS NOT NULL),
-             state = 'due', offered = 0, attempts = 0, last_error = NULL,
+             state = 'due', offered = 0, refused = 0, attempts = 0, last_error = NULL,
              last_error_at = NULL, next_attempt_at = NULL,
              due_since = ?6, last_seen = ?6
          WHERE id = ?1",
@@ -1178,17 +1217,19 @@ fn observe_in(
     })
 }
 
+/// Records a failure of the generation `key`; `retry_at` `None` is a
+/// refusal for good (`refused`: not offered until the file changes).
 fn mark_failed_in(
     tx: &Transaction<'_>,
     key: FileKey,
     error: &str,
     now: i64,
-    retry_at: i64,
+    retry_at: Option<i64>,
 ) -> rusqlite::Result<bool> {
     let changed = tx
         .prepare_cached(
             "UPDATE files SET state = 'due', attempts = attempts + 1, last_error = ?3,
-                 last_error_at = ?4, next_attempt_at = ?5
+                 last_error_at = ?4, next_attempt_at = ?5, refused = (?5 IS NULL)
              WHERE id = ?1 AND generation = ?2 AND state <> 'done'",
         )?
         .execute(params![key.id, key.generation, error, now, retry_at])?;

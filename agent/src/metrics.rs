@@ -76,9 +76,12 @@ pub struct Metrics {
     pub bytes_transferred: AtomicU64,
     /// Batch acks received.
     pub acks: AtomicU64,
-    /// Files put back for a later attempt: refused ones and every file of
-    /// a batch that broke off.
+    /// Files put back for a later attempt: ones that failed for a passing
+    /// reason and every file of a batch that broke off.
     pub retries: AtomicU64,
+    /// Files the collector refused for good (not offered again until they
+    /// change).
+    pub refused: AtomicU64,
     /// Whether a session with a collector is open.
     pub connected: AtomicBool,
     /// Finished files held back by `min_age_secs` (set by the watcher).
@@ -148,6 +151,8 @@ pub struct Readings {
     pub due_bytes: Option<u64>,
     /// Due files that failed at least once.
     pub failing: Option<u64>,
+    /// Due files refused for good, waiting for a change.
+    pub refused: Option<u64>,
     pub last_ack: Option<SystemTime>,
     pub halt: Option<Halt>,
 }
@@ -213,6 +218,7 @@ impl Source {
             due_files: summary.as_ref().map(|s| s.files),
             due_bytes: summary.as_ref().map(|s| s.bytes),
             failing: summary.as_ref().map(|s| s.failing),
+            refused: summary.as_ref().map(|s| s.refused),
             last_ack,
             halt,
         }
@@ -254,6 +260,11 @@ pub fn render(m: &Metrics, r: &Readings) -> String {
         "Files put back for a later attempt",
         load(&m.retries),
     );
+    e.counter(
+        "ferry_agent_refused_total",
+        "Files the collector refused for good (a retry cannot succeed)",
+        load(&m.refused),
+    );
     e.family("ferry_agent_errors_total", Kind::Counter, "Errors by kind");
     for kind in KINDS {
         e.sample(&[("kind", kind.label())], m.errors(kind) as f64);
@@ -284,6 +295,13 @@ pub fn render(m: &Metrics, r: &Readings) -> String {
             "ferry_agent_failing_files",
             "Due files that failed at least once",
             failing,
+        );
+    }
+    if let Some(refused) = r.refused {
+        e.gauge(
+            "ferry_agent_refused_files",
+            "Due files the collector refused for good, not offered again until they change",
+            refused,
         );
     }
     let last_ack = r
@@ -328,6 +346,7 @@ mod tests {
             due_files: Some(2),
             due_bytes: Some(10),
             failing: Some(1),
+            refused: Some(1),
             last_ack: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
             halt: Some(Halt::Operator),
         };

@@ -115,7 +115,7 @@ fn differs(settings: &Settings, path: &Path, file: &DoneFile) -> bool {
     }
     let outgoing = OutgoingFile {
         root: file.root.clone(),
-        rel_path: String::new(),
+        rel_path: Vec::new(),
         abs_path: path.to_owned(),
         size: file.identity.size,
         mtime_ns: file.identity.mtime_ns,

@@ -28,8 +28,9 @@ mod reader;
 pub struct OutgoingFile {
     /// Name of the configured root the file lives under.
     pub root: String,
-    /// Path relative to the root, `/`-separated.
-    pub rel_path: String,
+    /// Path relative to the root, `/`-separated: the file's exact name
+    /// bytes (names need not be UTF-8).
+    pub rel_path: Vec<u8>,
     /// Where to read it.
     pub abs_path: PathBuf,
     pub size: u64,

@@ -3,10 +3,11 @@
 //! `agent.state` file it rewrites atomically).
 
 use std::fmt::Write as _;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ferry_common::json;
+use ferry_common::{json, name};
 
 use crate::config::Settings;
 use crate::halt_flag::HaltFlag;
@@ -174,13 +175,17 @@ pub struct Report {
     pub due_bytes: u64,
     pub oldest_due: Option<SystemTime>,
     pub failing: u64,
+    /// Due files the collector refused for good (not offered again until
+    /// they change).
+    pub refused: u64,
     pub last_ack: Option<SystemTime>,
     pub halt_flag: Option<String>,
     pub collector_connected: bool,
     pub collector: Option<String>,
     pub last_error: Option<String>,
-    /// Recent file errors: (path, error, attempts).
-    pub recent_errors: Vec<(String, String, u32)>,
+    /// Recent file errors: path (text form of names), error, attempts and
+    /// whether the refusal is permanent.
+    pub recent_errors: Vec<(String, String, u32, bool)>,
     /// What the take-over from indexerD did, if one happened.
     pub legacy_import: Option<takeover::Report>,
     /// Files held back and how each root is followed, if the daemon ran.
@@ -208,9 +213,14 @@ pub fn report(settings: &Settings) -> Result<Report, StatusError> {
         .into_iter()
         .map(|e| {
             (
-                format!("{}/{}", e.root, e.rel_path.display()),
+                format!(
+                    "{}/{}",
+                    e.root,
+                    name::encode(e.rel_path.as_os_str().as_bytes())
+                ),
                 e.error,
                 e.attempts,
+                e.permanent,
             )
         })
         .collect();
@@ -219,6 +229,7 @@ pub fn report(settings: &Settings) -> Result<Report, StatusError> {
         due_bytes: summary.bytes,
         oldest_due: summary.oldest,
         failing: summary.failing,
+        refused: summary.refused,
         last_ack: ledger.last_ack()?.or(state.last_ack),
         halt_flag: holder,
         collector_connected: state.connected,
@@ -244,6 +255,13 @@ pub fn text(r: &Report) -> String {
     );
     let _ = writeln!(out, "oldest due:     {}", when(r.oldest_due));
     let _ = writeln!(out, "failing:        {}", r.failing);
+    if r.refused > 0 {
+        let _ = writeln!(
+            out,
+            "refused:        {} (permanent: not offered again until they change)",
+            r.refused
+        );
+    }
     let _ = writeln!(out, "last ack:       {}", when(r.last_ack));
     let _ = writeln!(
         out,
@@ -259,8 +277,15 @@ pub fn text(r: &Report) -> String {
     if let Some(e) = &r.last_error {
         let _ = writeln!(out, "last error:     {e}");
     }
-    for (path, error, attempts) in &r.recent_errors {
-        let _ = writeln!(out, "error:          {path}: {error} ({attempts} attempts)");
+    for (path, error, attempts, permanent) in &r.recent_errors {
+        if *permanent {
+            let _ = writeln!(
+                out,
+                "error:          {path}: {error} (permanent: not offered again until it changes)"
+            );
+        } else {
+            let _ = writeln!(out, "error:          {path}: {error} ({attempts} attempts)");
+        }
     }
     if let Some(w) = &r.watch {
         let held = &w.held;
@@ -328,9 +353,9 @@ pub fn json(r: &Report) -> String {
     let errors: Vec<String> = r
         .recent_errors
         .iter()
-        .map(|(p, e, a)| {
+        .map(|(p, e, a, permanent)| {
             format!(
-                "{{\"path\":{},\"error\":{},\"attempts\":{a}}}",
+                "{{\"path\":{},\"error\":{},\"attempts\":{a},\"permanent\":{permanent}}}",
                 json::string(p),
                 json::string(e)
             )
@@ -390,11 +415,12 @@ pub fn json(r: &Report) -> String {
         },
     );
     format!(
-        "{{\"due_files\":{},\"due_bytes\":{},\"oldest_due\":{},\"failing\":{},\"last_ack\":{},\"halt_flag\":{},\"collector_connected\":{},\"collector\":{},\"last_error\":{},\"recent_errors\":[{}],{watch},\"legacy_import\":{legacy_import}}}\n",
+        "{{\"due_files\":{},\"due_bytes\":{},\"oldest_due\":{},\"failing\":{},\"refused_files\":{},\"last_ack\":{},\"halt_flag\":{},\"collector_connected\":{},\"collector\":{},\"last_error\":{},\"recent_errors\":[{}],{watch},\"legacy_import\":{legacy_import}}}\n",
         r.due_files,
         r.due_bytes,
         json_time(r.oldest_due),
         r.failing,
+        r.refused,
         json_time(r.last_ack),
         json::string_or_null(r.halt_flag.as_deref()),
         r.collector_connected,

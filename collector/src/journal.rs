@@ -14,40 +14,51 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use ferry_common::protocol::Sha256;
 use rusqlite::{Connection, OptionalExtension, params};
 
-/// One file's catalog record.
+/// One file's catalog record (one version of a path).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub station: String,
-    /// `<root>/<relative path>` as offered by the station.
+    /// `<root>/<relative path>` as offered by the station, in the text form
+    /// of names ([`ferry_common::name`]): reversible, so the exact bytes are
+    /// [`Record::path_bytes`].
     pub path: String,
     pub size: u64,
     pub mtime_ns: i64,
     pub sha256: Sha256,
-    /// Where the content is, relative to the repository root.
+    /// Where the content is, relative to the repository root (text form).
     pub stored_as: String,
     /// Unix milliseconds when the collector stored the file.
     pub received_at: i64,
     /// The batch that carried it: `<session hex>/<batch>`.
     pub transfer: String,
+    /// Whether this is the latest stored version of its path. A journal
+    /// record always is when it is written; a catalog row stops being when
+    /// a newer version of the path is applied.
+    pub latest: bool,
+    /// In a journal record: the version of the path that was the latest
+    /// before this one, and where it is stored now (its version name, if
+    /// this one took the plain name from it). Applying the record marks
+    /// that row no longer latest and sets its `stored_as`. When a session
+    /// hands a record to [`Journal::append`], the version it moved off the
+    /// plain name, if any. Always `None` in a catalog row.
+    pub previous: Option<Previous>,
+}
+
+/// An earlier version of a path, and where it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Previous {
+    /// Its content.
+    pub sha256: Sha256,
+    /// Where it is, relative to the repository root (text form).
+    pub stored_as: String,
 }
 
 impl Record {
-    /// Executes `insert`, a statement whose eight parameters are the columns
-    /// [`Record::from_sqlite_row`] reads, in the same order.
-    pub(crate) fn insert_with(
-        &self,
-        insert: &mut rusqlite::CachedStatement<'_>,
-    ) -> rusqlite::Result<usize> {
-        insert.execute(params![
-            self.station,
-            self.path,
-            self.size as i64,
-            self.mtime_ns,
-            &self.sha256[..],
-            self.stored_as,
-            self.received_at,
-            self.transfer
-        ])
+    /// The exact bytes of the path (`path` is their text form).
+    pub fn path_bytes(&self) -> Vec<u8> {
+        // A path that is not a valid text form (never written by this
+        // collector) is kept as its own bytes rather than lost.
+        ferry_common::name::decode(&self.path).unwrap_or_else(|_| self.path.clone().into_bytes())
     }
 
     /// Reads a record from SQLite columns `first..first + 8`, in the order
@@ -71,6 +82,8 @@ impl Record {
             stored_as: r.get(first + 5)?,
             received_at: r.get(first + 6)?,
             transfer: r.get(first + 7)?,
+            latest: true,
+            previous: None,
         })
     }
 }
@@ -261,6 +274,17 @@ const SCHEMA: &[&str] = &[
         backfill_total INTEGER,
         updated INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // Version 3: versions. A record names the version of its path that was
+    // the latest before it and where that one is now (moved off the plain
+    // name to its version name, if this one took it), and the index says
+    // which version of a path is the latest (for rows from before, the
+    // newest one stored).
+    "ALTER TABLE records ADD COLUMN replaced_sha256 BLOB;
+    ALTER TABLE records ADD COLUMN replaced_stored_as TEXT;
+    ALTER TABLE stored ADD COLUMN latest INTEGER NOT NULL DEFAULT 0;
+    UPDATE stored SET latest = 1 WHERE NOT EXISTS (
+        SELECT 1 FROM stored AS newer WHERE newer.station = stored.station
+            AND newer.path = stored.path AND newer.stored_at > stored.stored_at);",
 ];
 
 /// The journal; cheap to clone, safe to share between tasks (calls block:
@@ -324,26 +348,61 @@ impl Journal {
         }
     }
 
-    /// Appends `records` and indexes their content, in one transaction.
-    /// Returns the sequence number of the last record.
+    /// Appends `records` and indexes their content, in one transaction:
+    /// each is the latest version of its path from now on, and a version it
+    /// moved off the plain name (`previous`, as the session hands it) is
+    /// indexed under its version name. Each record is written with the
+    /// version it follows, for the catalogs. Returns the sequence number of
+    /// the last record.
     pub fn append(&self, records: &[Record]) -> Result<u64, JournalError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(self.err())?;
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO records (station, path, size, mtime_ns, sha256, stored_as, received_at, transfer)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT INTO records (station, path, size, mtime_ns, sha256, stored_as, received_at, transfer,
+                                          replaced_sha256, replaced_stored_as)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )
+                .map_err(self.err())?;
+            let mut moved = tx
+                .prepare_cached(
+                    "UPDATE stored SET stored_as = ?4 WHERE station = ?1 AND path = ?2 AND sha256 = ?3",
+                )
+                .map_err(self.err())?;
+            let mut latest = tx
+                .prepare_cached(
+                    "SELECT sha256, stored_as FROM stored
+                     WHERE station = ?1 AND path = ?2 AND latest = 1 AND sha256 <> ?3",
+                )
+                .map_err(self.err())?;
+            let mut older = tx
+                .prepare_cached(
+                    "UPDATE stored SET latest = 0 WHERE station = ?1 AND path = ?2 AND latest = 1",
                 )
                 .map_err(self.err())?;
             let mut index = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO stored (station, path, sha256, stored_as, size, stored_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT OR IGNORE INTO stored (station, path, sha256, stored_as, size, stored_at, latest)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)",
                 )
                 .map_err(self.err())?;
             for r in records {
-                r.insert_with(&mut insert).map_err(self.err())?;
+                // The move first: the plain name is unique in the index.
+                if let Some(m) = &r.previous {
+                    moved
+                        .execute(params![r.station, r.path, &m.sha256[..], m.stored_as])
+                        .map_err(self.err())?;
+                }
+                let previous: Option<(Vec<u8>, String)> = latest
+                    .query_row(params![r.station, r.path, &r.sha256[..]], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })
+                    .optional()
+                    .map_err(self.err())?;
+                older
+                    .execute(params![r.station, r.path])
+                    .map_err(self.err())?;
                 index
                     .execute(params![
                         r.station,
@@ -352,6 +411,21 @@ impl Journal {
                         r.stored_as,
                         r.size as i64,
                         r.received_at
+                    ])
+                    .map_err(self.err())?;
+                let (previous_sha, previous_as) = previous.unzip();
+                insert
+                    .execute(params![
+                        r.station,
+                        r.path,
+                        r.size as i64,
+                        r.mtime_ns,
+                        &r.sha256[..],
+                        r.stored_as,
+                        r.received_at,
+                        r.transfer,
+                        previous_sha,
+                        previous_as
                     ])
                     .map_err(self.err())?;
             }
@@ -398,14 +472,46 @@ impl Journal {
             .collect()
     }
 
-    /// The content hash of a stored name, if the index knows it.
-    pub fn content_of(&self, stored_as: &str) -> Result<Option<Sha256>, JournalError> {
-        let blob: Option<Vec<u8>> = self
+    /// Which catalogued version a stored name (text form) holds, if the
+    /// index knows: its catalog path and content.
+    pub fn owner_of(&self, stored_as: &str) -> Result<Option<(String, Sha256)>, JournalError> {
+        let row: Option<(String, Vec<u8>)> = self
             .lock()
-            .prepare_cached("SELECT sha256 FROM stored WHERE stored_as = ?1")
-            .and_then(|mut stmt| stmt.query_row(params![stored_as], |r| r.get(0)).optional())
+            .prepare_cached("SELECT path, sha256 FROM stored WHERE stored_as = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![stored_as], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
             .map_err(self.err())?;
-        Ok(blob.and_then(|b| b.try_into().ok()))
+        Ok(row.and_then(|(path, b)| Some((path, b.try_into().ok()?))))
+    }
+
+    /// The versions of a path the index knows, oldest first: where each is
+    /// stored, its content and whether it is the latest.
+    pub fn versions(
+        &self,
+        station: &str,
+        path: &str,
+    ) -> Result<Vec<(String, Sha256, bool)>, JournalError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT stored_as, sha256, latest FROM stored WHERE station = ?1 AND path = ?2
+                 ORDER BY stored_at, stored_as",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![station, path], |r| {
+                let sha: Vec<u8> = r.get(1)?;
+                Ok((r.get(0)?, sha, r.get(2)?))
+            })
+            .map_err(self.err())?;
+        rows.map(|row| {
+            let (stored_as, sha, latest): (String, Vec<u8>, bool) = row.map_err(self.err())?;
+            let sha = sha.try_into().unwrap_or([0; 32]);
+            Ok((stored_as, sha, latest))
+        })
+        .collect()
     }
 
     /// Up to `limit` records after sequence number `after`, oldest first.
@@ -413,13 +519,29 @@ impl Journal {
         let conn = self.lock();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT seq, station, path, size, mtime_ns, sha256, stored_as, received_at, transfer
+                "SELECT seq, station, path, size, mtime_ns, sha256, stored_as, received_at, transfer,
+                        replaced_sha256, replaced_stored_as
                  FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )
             .map_err(self.err())?;
         let rows = stmt
             .query_map(params![after as i64, limit as i64], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, Record::from_sqlite_row(r, 1)?))
+                let mut record = Record::from_sqlite_row(r, 1)?;
+                let sha: Option<Vec<u8>> = r.get(9)?;
+                let stored_as: Option<String> = r.get(10)?;
+                if let (Some(sha), Some(stored_as)) = (sha, stored_as) {
+                    record.previous = Some(Previous {
+                        sha256: sha.try_into().map_err(|_| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                9,
+                                rusqlite::types::Type::Blob,
+                                "replaced_sha256 is not 32 bytes".into(),
+                            )
+                        })?,
+                        stored_as,
+                    });
+                }
+                Ok((r.get::<_, i64>(0)? as u64, record))
             })
             .map_err(self.err())?;
         rows.collect::<Result<_, _>>().map_err(self.err())
@@ -708,6 +830,8 @@ mod tests {
             stored_as: format!("s1/{path}"),
             received_at: 1000,
             transfer: "00/1".into(),
+            latest: true,
+            previous: None,
         }
     }
 
@@ -762,8 +886,51 @@ mod tests {
             Some("s1/a/1")
         );
         assert_eq!(journal.lookup("s1", "a/1", &[2; 32]).unwrap(), None);
-        assert_eq!(journal.content_of("s1/a/1").unwrap(), Some([1; 32]));
+        assert_eq!(
+            journal.owner_of("s1/a/1").unwrap(),
+            Some(("a/1".to_owned(), [1; 32]))
+        );
         // Sequence numbers keep growing after pruning (AUTOINCREMENT).
         assert_eq!(journal.append(&[record("a/2", 2)]).unwrap(), 2);
+    }
+
+    #[test]
+    fn each_record_names_the_version_it_follows_and_the_index_follows_the_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("j.sqlite")).unwrap();
+        journal.append(&[record("a", 1)]).unwrap();
+        // The second version took the plain name; the first moved.
+        let mut second = record("a", 2);
+        second.previous = Some(Previous {
+            sha256: [1; 32],
+            stored_as: "s1/a.v1".into(),
+        });
+        journal.append(&[second.clone()]).unwrap();
+        // A third stored under its version name (the plain name held
+        // another path's file): the second stays where it is.
+        let mut third = record("a", 3);
+        third.stored_as = "s1/a.v3".into();
+        journal.append(&[third]).unwrap();
+        let records = journal.read_after(1, 10).unwrap();
+        assert_eq!(records[0].1.previous, second.previous);
+        assert_eq!(
+            records[1].1.previous,
+            Some(Previous {
+                sha256: [2; 32],
+                stored_as: "s1/a".into()
+            })
+        );
+        assert_eq!(
+            journal.owner_of("s1/a.v1").unwrap(),
+            Some(("a".to_owned(), [1; 32]))
+        );
+        assert_eq!(
+            journal.versions("s1", "a").unwrap(),
+            vec![
+                ("s1/a".to_owned(), [2; 32], false),
+                ("s1/a.v1".to_owned(), [1; 32], false),
+                ("s1/a.v3".to_owned(), [3; 32], true),
+            ]
+        );
     }
 }

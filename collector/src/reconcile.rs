@@ -1,9 +1,12 @@
 //! `reconcile`: proves the primary and backup catalogs hold the same
 //! catalog, row by row, and repairs the side that lacks rows.
 //!
-//! Rows are keyed by (station, path, sha256). A row missing on one side is
-//! copied from the other; a key present on both sides with different
-//! contents is a conflict, reported and never overwritten.
+//! Rows are keyed by (station, path, sha256), the path in the text form of
+//! names ([`ferry_common::name`]), which is reversible: two paths never share
+//! a key. A row missing on one side is copied from the other, as it is
+//! (where it is stored, whether it is the latest); a key present on both
+//! sides with different contents (also a `stored_as` or `latest` one side
+//! has not caught up with) is a conflict, reported and never overwritten.
 
 use std::collections::BTreeMap;
 
@@ -66,7 +69,7 @@ fn digests(rows: &BTreeMap<Key, Record>) -> BTreeMap<String, (u64, String)> {
             .or_insert_with(|| (0, ring::digest::Context::new(&ring::digest::SHA256)));
         entry.0 += 1;
         let line = format!(
-            "{}\0{}\0{}\0{}\0{}\0{}\0{}\0{}\n",
+            "{}\0{}\0{}\0{}\0{}\0{}\0{}\0{}\0{}\n",
             r.station,
             r.path,
             r.size,
@@ -74,7 +77,8 @@ fn digests(rows: &BTreeMap<Key, Record>) -> BTreeMap<String, (u64, String)> {
             hex(&r.sha256),
             r.stored_as,
             r.received_at,
-            r.transfer
+            r.transfer,
+            u8::from(r.latest)
         );
         entry.1.update(line.as_bytes());
     }
@@ -105,8 +109,8 @@ pub async fn reconcile<P: CatalogStore, B: CatalogStore>(
                 key.0,
                 key.1,
                 hex(&key.2),
-                (row.size, row.mtime_ns, &row.stored_as),
-                (other.size, other.mtime_ns, &other.stored_as)
+                (row.size, row.mtime_ns, &row.stored_as, row.latest),
+                (other.size, other.mtime_ns, &other.stored_as, other.latest)
             )),
             Some(_) => {}
         }
@@ -160,6 +164,8 @@ mod tests {
             stored_as: format!("{station}/{path}"),
             received_at: 3,
             transfer: "t".into(),
+            latest: true,
+            previous: None,
         }
     }
 

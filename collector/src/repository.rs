@@ -3,11 +3,18 @@
 //!
 //! Content is written to a staging file named after what was offered
 //! (station, root, path, size, mtime), hashed as it is written, and on commit
-//! fsynced and hard-linked under its final name. A hard link never replaces an
-//! existing file, so nothing stored is ever overwritten: new content for a
-//! path that is taken goes beside it, under a name carrying a short hash of
-//! the content. A staging file survives disconnects and restarts, so a
-//! transfer resumes from the bytes already staged.
+//! fsynced and hard-linked under its final name. Paths are bytes: a name is
+//! stored exactly as the station has it, UTF-8 or not.
+//!
+//! No stored version is ever lost, and the plain name holds the latest: new
+//! content for a path whose plain name holds an older version first gives
+//! that version its version name (`name.<12 hex of its sha256>.ext`, see
+//! [`version_name`]) with a hard link, makes that link durable, and only then
+//! renames the new content over the plain name. Every step can be repeated:
+//! a collector killed between them finds, on the retry, the version name
+//! already holding the old content and the plain name holding the old or the
+//! new one, and completes the move. A staging file survives disconnects and
+//! restarts, so a transfer resumes from the bytes already staged.
 //!
 //! Files of [`DIRECT_MIN`] bytes or more (`direct_io_min_bytes`) are staged
 //! with direct I/O (`O_DIRECT`): their blocks go from the session's buffer
@@ -17,12 +24,16 @@
 //! block of a file is written through the page cache, as is everything where
 //! the filesystem refuses direct I/O.
 
+use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
+use ferry_common::name;
 use ferry_common::protocol::Sha256;
 use ferry_common::station::StationId;
 
@@ -32,11 +43,14 @@ use crate::group_sync::{self, GroupSync};
 pub const MAX_PATH: usize = 4096;
 /// Longest single path component accepted, in bytes (the usual NAME_MAX).
 pub const MAX_COMPONENT: usize = 255;
-/// Hex digits of the content hash put in the name of a file stored beside
-/// another with the same path.
+/// Hex digits of the content hash put in a version name.
 const SHORT_HASH: usize = 12;
+/// Longest extension kept after the tag of a version name: a longer "extension"
+/// is part of the stem (so a cut stem always leaves room).
+const MAX_EXT: usize = 32;
 
-/// Why a path offered by a station is refused.
+/// Why a path offered by a station is refused. Paths are shown in their
+/// text form ([`ferry_common::name`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
     #[error("path is empty")]
@@ -49,8 +63,6 @@ pub enum PathError {
     DotComponent(String),
     #[error("path {0:?} has an empty component")]
     EmptyComponent(String),
-    #[error("path {0:?} contains a backslash")]
-    Backslash(String),
     #[error("path is {len} bytes long, the limit is {MAX_PATH}")]
     TooLong { len: usize },
     #[error("path {path:?} has a component of {len} bytes, the limit is {MAX_COMPONENT}")]
@@ -59,34 +71,35 @@ pub enum PathError {
     Root(String, String),
 }
 
-/// Checks a station-relative path and returns it unchanged if it is safe to
-/// join under the station's area. Nothing is rewritten: a path that would
-/// need normalising is refused, so the stored name is always the offered one.
-pub fn check_path(path: &str) -> Result<&str, PathError> {
+/// Checks a station-relative path (bytes, not necessarily UTF-8) and
+/// returns it unchanged if it is safe to join under the station's area.
+/// Every name Linux allows is accepted (any byte but `/` and NUL, up to
+/// [`MAX_COMPONENT`] bytes; a backslash is an ordinary byte); what is
+/// refused is what could leave the area or is no name at all: absolute
+/// paths, `.`/`..` and empty components. Nothing is rewritten: a path that
+/// would need normalising is refused, so the stored name is always the
+/// offered one.
+pub fn check_path(path: &[u8]) -> Result<&[u8], PathError> {
+    let shown = || name::encode(path);
     if path.is_empty() {
         return Err(PathError::Empty);
     }
     if path.len() > MAX_PATH {
         return Err(PathError::TooLong { len: path.len() });
     }
-    if path.contains('\0') {
-        return Err(PathError::Nul(path.into()));
+    if path.contains(&0) {
+        return Err(PathError::Nul(shown()));
     }
-    if path.starts_with('/') {
-        return Err(PathError::Absolute(path.into()));
+    if path.starts_with(b"/") {
+        return Err(PathError::Absolute(shown()));
     }
-    if path.contains('\\') {
-        // Not a separator here, but one on the systems that read the
-        // repository over SMB; refuse rather than create ambiguous names.
-        return Err(PathError::Backslash(path.into()));
-    }
-    for component in path.split('/') {
+    for component in path.split(|&b| b == b'/') {
         match component {
-            "" => return Err(PathError::EmptyComponent(path.into())),
-            "." | ".." => return Err(PathError::DotComponent(path.into())),
+            b"" => return Err(PathError::EmptyComponent(shown())),
+            b"." | b".." => return Err(PathError::DotComponent(shown())),
             c if c.len() > MAX_COMPONENT => {
                 return Err(PathError::ComponentTooLong {
-                    path: path.into(),
+                    path: shown(),
                     len: c.len(),
                 });
             }
@@ -149,17 +162,31 @@ fn io_err<'a>(
 pub struct FileKey {
     pub station: StationId,
     pub root: String,
-    pub path: String,
+    /// The path below the root, as bytes.
+    pub path: Vec<u8>,
     pub size: u64,
     pub mtime_ns: i64,
 }
 
 impl FileKey {
-    /// The catalog path of the file: `<root>/<path>`.
+    /// The catalog path of the file: `<root>/<path>`, in the text form of
+    /// names ([`ferry_common::name`]).
     pub fn catalog_path(&self) -> String {
-        format!("{}/{}", self.root, self.path)
+        format!("{}/{}", self.root, name::encode(&self.path))
+    }
+
+    /// The plain name of the file in the repository:
+    /// `<station>/<root>/<path>`, as bytes.
+    pub fn plain_name(&self) -> Vec<u8> {
+        let mut out = format!("{}/{}/", self.station, self.root).into_bytes();
+        out.extend_from_slice(&self.path);
+        out
     }
 }
+
+/// What the catalog knows about a name in the repository: the catalog
+/// path (text form) whose version it holds, and that version's content.
+pub type Owner = (String, Sha256);
 
 /// The repository root and its staging area.
 #[derive(Debug, Clone)]
@@ -179,6 +206,25 @@ pub struct Repository {
     /// Smallest file staged with direct I/O (configured; [`DIRECT_MIN`]
     /// unless set), `None` for none.
     direct_min: Option<u64>,
+    /// Plain names being placed and journaled ([`Repository::claim`]).
+    claims: Arc<(Mutex<HashSet<Vec<u8>>>, Condvar)>,
+}
+
+/// Plain names a batch places; released on drop.
+#[derive(Debug)]
+pub struct Claim<'a> {
+    claims: &'a (Mutex<HashSet<Vec<u8>>>, Condvar),
+    names: Vec<Vec<u8>>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut held = self.claims.0.lock().unwrap_or_else(|p| p.into_inner());
+        for name in &self.names {
+            held.remove(name);
+        }
+        self.claims.1.notify_all();
+    }
 }
 
 /// A file being received: its staging file, open for appending, and the hash
@@ -262,17 +308,31 @@ const WRITEBACK_STEP: u64 = 4 << 20;
 /// Where committed content ended up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
-    /// Newly linked under `stored_as` (relative to the repository root).
-    Stored { stored_as: String },
+    /// Newly linked under `stored_as` (relative to the repository root, as
+    /// bytes). `replaced`: the catalogued version that held the plain name
+    /// before, and its version name now.
+    Stored {
+        stored_as: Vec<u8>,
+        replaced: Option<Replaced>,
+    },
     /// The same content already sits at `stored_as`.
-    AlreadyThere { stored_as: String },
+    AlreadyThere { stored_as: Vec<u8> },
+}
+
+/// A catalogued version moved from the plain name to its version name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replaced {
+    /// Its content.
+    pub sha256: Sha256,
+    /// Its version name (relative to the repository root, as bytes).
+    pub stored_as: Vec<u8>,
 }
 
 impl Placement {
     /// Where the content is, relative to the repository root.
-    pub fn stored_as(&self) -> &str {
+    pub fn stored_as(&self) -> &[u8] {
         match self {
-            Self::Stored { stored_as } | Self::AlreadyThere { stored_as } => stored_as,
+            Self::Stored { stored_as, .. } | Self::AlreadyThere { stored_as } => stored_as,
         }
     }
 }
@@ -313,7 +373,27 @@ impl Repository {
             file_by_file: Arc::new(AtomicBool::new(file_by_file)),
             direct_io: Arc::new(AtomicBool::new(true)),
             direct_min: Some(DIRECT_MIN),
+            claims: Arc::default(),
         })
+    }
+
+    /// Waits until none of the plain names `names` is being placed by
+    /// another batch, and claims them until the returned guard drops.
+    /// Placing a version and journaling it must not interleave with another
+    /// version of the same path (the second would move the first before
+    /// the journal knows it). Blocking.
+    pub fn claim(&self, names: impl IntoIterator<Item = Vec<u8>>) -> Claim<'_> {
+        let names: HashSet<Vec<u8>> = names.into_iter().collect();
+        let (lock, freed) = &*self.claims;
+        let mut held = lock.lock().unwrap_or_else(|p| p.into_inner());
+        while names.iter().any(|n| held.contains(n)) {
+            held = freed.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        held.extend(names.iter().cloned());
+        Claim {
+            claims: &self.claims,
+            names: names.into_iter().collect(),
+        }
     }
 
     /// Stages files of `min` bytes or more with direct I/O, or none with
@@ -402,7 +482,7 @@ impl Repository {
 
     fn staging_path(&self, key: &FileKey) -> PathBuf {
         let mut id = ring::digest::Context::new(&ring::digest::SHA256);
-        for part in [key.root.as_bytes(), key.path.as_bytes()] {
+        for part in [key.root.as_bytes(), &key.path[..]] {
             id.update(&(part.len() as u64).to_le_bytes());
             id.update(part);
         }
@@ -415,60 +495,141 @@ impl Repository {
 
     /// Links verified, fsynced content under its final name, or finds the
     /// same content already there, and fsyncs the directory. `known`
-    /// answers what content a stored name holds, if the journal knows (else
-    /// the file is hashed).
+    /// answers, for a stored name (text form), which catalogued version it
+    /// holds, if the journal knows (else the file is hashed).
     pub fn place(
         &self,
         staged: &Staged,
         sha256: &Sha256,
-        known: impl Fn(&str) -> Option<Sha256>,
+        known: impl Fn(&str) -> Option<Owner>,
     ) -> Result<Placement, RepositoryError> {
         let placement = self.link(staged, sha256, known)?;
         self.sync_parent(placement.stored_as())?;
         Ok(placement)
     }
 
-    /// [`Repository::place`] without the directory fsync: a batch links all
-    /// its files, then makes the links durable together with
+    /// [`Repository::place`] without the final directory fsync: a batch
+    /// links all its files, then makes the links durable together with
     /// [`Repository::sync_parents`] before anything is acknowledged.
+    ///
+    /// The content goes under the plain name. If that name holds an older
+    /// version of the same path, the older version is first linked under
+    /// its version name and that link made durable, then the new content
+    /// replaces the plain name (a rename: atomic). If it holds what another
+    /// path stored there (a name that looks like a version name), the new
+    /// content takes its own version name instead. The caller must make sure
+    /// no other placement of the same path runs at the same time.
     pub fn link(
         &self,
         staged: &Staged,
         sha256: &Sha256,
-        known: impl Fn(&str) -> Option<Sha256>,
+        known: impl Fn(&str) -> Option<Owner>,
     ) -> Result<Placement, RepositoryError> {
         let key = &staged.key;
-        let primary = format!("{}/{}/{}", key.station, key.root, key.path);
-        let target = self.root.join(&primary);
+        let catalog_path = key.catalog_path();
+        let plain = key.plain_name();
+        let target = self.root.join(OsStr::from_bytes(&plain));
         let dir = target.parent().unwrap_or(&self.root).to_owned();
         self.create_dirs(&dir)?;
-        for stored_as in [primary.clone(), beside(&primary, sha256)] {
-            let target = self.root.join(&stored_as);
-            match std::fs::hard_link(&staged.path, &target) {
-                Ok(()) => return Ok(Placement::Stored { stored_as }),
+        match std::fs::hard_link(&staged.path, &target) {
+            Ok(()) => {
+                return Ok(Placement::Stored {
+                    stored_as: plain,
+                    replaced: None,
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("link", &target)(e)),
+        }
+        let owner = known(&name::encode(&plain));
+        if let Some((path, _)) = &owner
+            && *path != catalog_path
+        {
+            // Another path's version sits under this name: leave it.
+            return self.link_version(&staged.path, &plain, sha256, &catalog_path, &known);
+        }
+        let there = match &owner {
+            Some((_, sha)) => *sha,
+            None => hash_file(&target)?,
+        };
+        if there == *sha256 {
+            return Ok(Placement::AlreadyThere { stored_as: plain });
+        }
+        // An older version holds the plain name: give it its version name,
+        // durably, before the plain name changes.
+        let kept = match self.link_version(&target, &plain, &there, &catalog_path, &known)? {
+            Placement::Stored { stored_as, .. } | Placement::AlreadyThere { stored_as } => {
+                stored_as
+            }
+        };
+        sync_dir(&dir)?;
+        let fresh = dir.join(format!(".ferry-{}.new", hex(sha256)));
+        match std::fs::remove_file(&fresh) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &fresh)(e)),
+        }
+        std::fs::hard_link(&staged.path, &fresh).map_err(io_err("link", &fresh))?;
+        std::fs::rename(&fresh, &target).map_err(io_err("rename", &target))?;
+        // A rename between two links of one file (the retry of a placement
+        // whose rename had been done) leaves both in place.
+        match std::fs::remove_file(&fresh) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &fresh)(e)),
+        }
+        Ok(Placement::Stored {
+            stored_as: plain,
+            replaced: owner.map(|(_, sha256)| Replaced {
+                sha256,
+                stored_as: kept,
+            }),
+        })
+    }
+
+    /// Links `source` (holding `sha256`, a version of `catalog_path`) under
+    /// its version name beside `plain`: the short one, or the one with the
+    /// whole hash if the short one holds something else. A name that already
+    /// holds this version (a repeated placement) is taken as it is.
+    fn link_version(
+        &self,
+        source: &Path,
+        plain: &[u8],
+        sha256: &Sha256,
+        catalog_path: &str,
+        known: &impl Fn(&str) -> Option<Owner>,
+    ) -> Result<Placement, RepositoryError> {
+        let mut last = None;
+        for full in [false, true] {
+            let stored_as = version_name(plain, sha256, full);
+            let target = self.root.join(OsStr::from_bytes(&stored_as));
+            match std::fs::hard_link(source, &target) {
+                Ok(()) => {
+                    return Ok(Placement::Stored {
+                        stored_as,
+                        replaced: None,
+                    });
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let there = match known(&stored_as) {
-                        Some(sha) => sha,
-                        None => hash_file(&target)?,
+                    let ours = match known(&name::encode(&stored_as)) {
+                        Some((path, sha)) => path == catalog_path && sha == *sha256,
+                        None => hash_file(&target)? == *sha256,
                     };
-                    if &there == sha256 {
+                    if ours {
                         return Ok(Placement::AlreadyThere { stored_as });
                     }
+                    last = Some(target);
                 }
                 Err(e) => return Err(io_err("link", &target)(e)),
             }
         }
-        // Both the path and its hashed sibling hold other content: only a
-        // 48-bit hash-prefix collision gets here. Use the full hash.
-        let stored_as = beside_full(&primary, sha256);
-        let target = self.root.join(&stored_as);
-        match std::fs::hard_link(&staged.path, &target) {
-            Ok(()) => Ok(Placement::Stored { stored_as }),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                Ok(Placement::AlreadyThere { stored_as })
-            }
-            Err(e) => Err(io_err("link", &target)(e)),
-        }
+        // Both version names hold other content: only a name made to look
+        // like this version's gets here.
+        let target = last.unwrap_or_else(|| self.root.join(OsStr::from_bytes(plain)));
+        Err(io_err("link", &target)(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "both version names of this content hold other files",
+        )))
     }
 
     /// Makes the content of `staged` files durable with one group `syncfs`
@@ -486,7 +647,7 @@ impl Repository {
     /// Makes the links made for `stored` (paths relative to the root)
     /// durable with one group `syncfs` of the repository's filesystem, or
     /// else by fsyncing each path's directory.
-    pub fn sync_parents(&self, stored: &[&str]) -> Vec<Result<(), RepositoryError>> {
+    pub fn sync_parents(&self, stored: &[&[u8]]) -> Vec<Result<(), RepositoryError>> {
         if self.group_commit(&self.root_sync) {
             return stored.iter().map(|_| Ok(())).collect();
         }
@@ -521,8 +682,8 @@ impl Repository {
 
     /// Fsyncs the directory holding `stored_as` (relative to the root), so
     /// a link made in it survives a crash.
-    pub fn sync_parent(&self, stored_as: &str) -> Result<(), RepositoryError> {
-        let target = self.root.join(stored_as);
+    pub fn sync_parent(&self, stored_as: &[u8]) -> Result<(), RepositoryError> {
+        let target = self.root.join(OsStr::from_bytes(stored_as));
         sync_dir(target.parent().unwrap_or(&self.root))
     }
 
@@ -826,29 +987,57 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `dir/name.ext` → `dir/name.<short hash>.ext` (or `name.<hash>` without an
-/// extension), so the sibling still opens with the same tools.
-fn beside(path: &str, sha256: &Sha256) -> String {
-    with_tag(path, &hex(sha256)[..SHORT_HASH])
-}
-
-fn beside_full(path: &str, sha256: &Sha256) -> String {
-    with_tag(path, &hex(sha256))
-}
-
-fn with_tag(path: &str, tag: &str) -> String {
-    let (dir, name) = match path.rsplit_once('/') {
-        Some((dir, name)) => (Some(dir), name),
-        None => (None, path),
+/// The version name of `path` (bytes, `/`-separated) for content
+/// `sha256`: `dir/name.<12 hex>.ext`, or with all 64 hex digits if `full`
+/// (`name.<hex>` without an extension), so a version still opens with the
+/// tools its extension calls for.
+///
+/// The last component always fits in [`MAX_COMPONENT`] bytes: where it
+/// would not, the stem is cut and followed by `~` and 16 hex digits of the
+/// SHA-256 of the whole name, so two long names that share their first
+/// bytes keep different version names. The cut backs off to the start of a
+/// UTF-8 character it would split; in a name that is not UTF-8 it falls
+/// where it falls (names are bytes, any byte but `/` and NUL is allowed).
+pub fn version_name(path: &[u8], sha256: &Sha256, full: bool) -> Vec<u8> {
+    let hash = hex(sha256);
+    let tag = if full { &hash[..] } else { &hash[..SHORT_HASH] };
+    let (dir, name) = match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..=i], &path[i + 1..]),
+        None => (&path[..0], path),
     };
-    let tagged = match name.rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() => format!("{stem}.{tag}.{ext}"),
-        _ => format!("{name}.{tag}"),
+    let (stem, ext) = match name.iter().rposition(|&b| b == b'.') {
+        Some(i) if i > 0 && name.len() - i - 1 <= MAX_EXT => (&name[..i], Some(&name[i + 1..])),
+        _ => (name, None),
     };
-    match dir {
-        Some(dir) => format!("{dir}/{tagged}"),
-        None => tagged,
+    let tail = |out: &mut Vec<u8>| {
+        out.push(b'.');
+        out.extend_from_slice(tag.as_bytes());
+        if let Some(ext) = ext {
+            out.push(b'.');
+            out.extend_from_slice(ext);
+        }
+    };
+    let mut tagged = stem.to_vec();
+    tail(&mut tagged);
+    if tagged.len() > MAX_COMPONENT {
+        let mut mark = ring::digest::Context::new(&ring::digest::SHA256);
+        mark.update(name);
+        let mark = format!("~{}", &hex(mark.finish().as_ref())[..16]);
+        let room = MAX_COMPONENT - (tagged.len() - stem.len()) - mark.len();
+        let mut cut = room.min(stem.len());
+        if let Err(e) = std::str::from_utf8(&stem[..cut])
+            && e.error_len().is_none()
+        {
+            // The cut splits a character that was whole: back off to it.
+            cut = e.valid_up_to();
+        }
+        tagged = stem[..cut].to_vec();
+        tagged.extend_from_slice(mark.as_bytes());
+        tail(&mut tagged);
     }
+    let mut out = dir.to_vec();
+    out.extend_from_slice(&tagged);
+    out
 }
 
 #[cfg(test)]
@@ -886,18 +1075,24 @@ pub(crate) mod tests {
             ("a//b", "empty component"),
             ("a/", "empty component"),
             ("a\0b", "NUL"),
-            ("a\\..\\b", "backslash"),
             (long_component.as_str(), "component of 256"),
             (long_path.as_str(), "limit is 4096"),
         ] {
-            let err = check_path(path).unwrap_err().to_string();
+            let err = check_path(path.as_bytes()).unwrap_err().to_string();
             assert!(err.contains(what), "{path:?}: {err}");
         }
+        // Every name Linux allows is accepted, as it is.
+        let longest = vec![b'y'; 255];
         for path in [
-            "a",
-            "2022/03/rfeye002073_220307_T175758.bin",
-            "ünï cödé/..x/x..",
-            "line\nbreak",
+            &b"a"[..],
+            b"2022/03/rfeye002073_220307_T175758.bin",
+            "ünï cödé/..x/x..".as_bytes(),
+            b"line\nbreak",
+            b"a\\..\\b",
+            b"..\\x",
+            b"caf\xe9.bin",
+            b"\x01\x7f\xff/\x1b[31m",
+            &longest,
         ] {
             assert_eq!(check_path(path), Ok(path));
         }
@@ -933,7 +1128,8 @@ pub(crate) mod tests {
         assert_eq!(
             placed,
             Placement::Stored {
-                stored_as: "s1/spectrum/2022/a.bin".into()
+                stored_as: "s1/spectrum/2022/a.bin".into(),
+                replaced: None,
             }
         );
         repo.discard(staged).unwrap();
@@ -951,7 +1147,7 @@ pub(crate) mod tests {
         let placed = repo.place(&staged, &sha(data), |_| None).unwrap();
         repo.discard(staged).unwrap();
         assert_eq!(
-            std::fs::read(repo.root().join(placed.stored_as())).unwrap(),
+            std::fs::read(repo.root().join(OsStr::from_bytes(placed.stored_as()))).unwrap(),
             data
         );
     }
@@ -1111,7 +1307,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repository::open(&dir.path().join("repo"), &dir.path().join("staging")).unwrap();
         std::fs::create_dir_all(dir.path().join("repo/s1/a")).unwrap();
-        let paths = ["s1/a/x.bin", "s1/gone/y.bin", "s1/a/z.bin"];
+        let paths: [&[u8]; 3] = [b"s1/a/x.bin", b"s1/gone/y.bin", b"s1/a/z.bin"];
         // A group syncfs covers the whole filesystem: one result for all.
         repo.file_by_file.store(false, Ordering::Relaxed);
         assert!(repo.sync_parents(&paths).iter().all(Result::is_ok));
@@ -1129,62 +1325,235 @@ pub(crate) mod tests {
         assert!(repo.sync_staged(&[&staged])[0].is_ok());
     }
 
+    /// Stages `data` as `path` (mtime `mtime`) and places it, with the
+    /// catalog knowing what `catalog` lists (stored name, catalog path,
+    /// content); leaves the staging file for the caller.
+    fn place_in(
+        repo: &Repository,
+        path: &[u8],
+        data: &[u8],
+        mtime: i64,
+        catalog: &[(Vec<u8>, String, Sha256)],
+    ) -> (Staged, Placement) {
+        let mut k = key("", data.len() as u64);
+        k.path = path.to_vec();
+        k.mtime_ns = mtime;
+        let mut staged = repo.stage(k).unwrap();
+        staged.write(0, data).unwrap();
+        let placed = repo
+            .place(&staged, &sha(data), |name| {
+                catalog
+                    .iter()
+                    .find(|(stored, ..)| name::encode(stored) == name)
+                    .map(|(_, path, sha)| (path.clone(), *sha))
+            })
+            .unwrap();
+        (staged, placed)
+    }
+
+    fn read(repo: &Repository, stored_as: &[u8]) -> Vec<u8> {
+        std::fs::read(repo.root().join(OsStr::from_bytes(stored_as))).unwrap()
+    }
+
     #[test]
-    fn new_content_for_a_stored_path_goes_beside_it_and_nothing_is_overwritten() {
+    fn the_plain_name_holds_the_latest_version_and_every_version_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repository::open(&dir.path().join("repo"), &dir.path().join("staging")).unwrap();
-        let place = |data: &[u8], mtime: i64| {
-            let mut k = key("log.csv", data.len() as u64);
-            k.mtime_ns = mtime;
-            let mut staged = repo.stage(k).unwrap();
-            staged.write(0, data).unwrap();
-            let placed = repo.place(&staged, &sha(data), |_| None).unwrap();
+        let plain = b"s1/spectrum/log.csv".to_vec();
+        let mut catalog = Vec::new();
+        let mut place = |data: &[u8], mtime: i64| {
+            let (staged, placed) = place_in(&repo, b"log.csv", data, mtime, &catalog);
             repo.discard(staged).unwrap();
+            // The catalog learns what the journal would.
+            if let Placement::Stored {
+                stored_as,
+                replaced,
+            } = &placed
+            {
+                if let Some(r) = replaced {
+                    let moved = catalog.iter_mut().find(|(_, _, s)| *s == r.sha256).unwrap();
+                    moved.0 = r.stored_as.clone();
+                }
+                catalog.push((stored_as.clone(), "spectrum/log.csv".into(), sha(data)));
+            }
             placed
         };
+        let first = place(b"first, partial", 1);
         assert_eq!(
-            place(b"first", 1),
+            first,
             Placement::Stored {
-                stored_as: "s1/spectrum/log.csv".into()
+                stored_as: plain.clone(),
+                replaced: None
             }
         );
-        let second = place(b"second", 2);
-        let tag = &hex(&sha(b"second"))[..12];
+        let second = place(b"first, partial, then whole", 2);
+        let first_version = version_name(&plain, &sha(b"first, partial"), false);
         assert_eq!(
             second,
             Placement::Stored {
-                stored_as: format!("s1/spectrum/log.{tag}.csv")
+                stored_as: plain.clone(),
+                replaced: Some(Replaced {
+                    sha256: sha(b"first, partial"),
+                    stored_as: first_version.clone()
+                })
             }
         );
-        // The same content again is recognised, not stored a third time.
+        assert_eq!(read(&repo, &plain), b"first, partial, then whole");
+        assert_eq!(read(&repo, &first_version), b"first, partial");
+        // The same content again is recognised where it is.
         assert_eq!(
-            place(b"first", 3),
+            place(b"first, partial, then whole", 3),
             Placement::AlreadyThere {
-                stored_as: "s1/spectrum/log.csv".into()
+                stored_as: plain.clone()
             }
         );
-        assert_eq!(place(b"second", 4), second.clone().into_already());
-        assert_eq!(
-            std::fs::read(dir.path().join("repo/s1/spectrum/log.csv")).unwrap(),
-            b"first"
-        );
-    }
-
-    impl Placement {
-        fn into_already(self) -> Placement {
-            match self {
-                Placement::Stored { stored_as } | Placement::AlreadyThere { stored_as } => {
-                    Placement::AlreadyThere { stored_as }
-                }
-            }
-        }
+        assert_eq!(tree_of(&repo).len(), 2);
     }
 
     #[test]
-    fn tags_go_before_the_extension() {
+    fn a_placement_cut_short_at_any_step_is_completed_by_the_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open(&dir.path().join("repo"), &dir.path().join("staging")).unwrap();
+        let plain = b"s1/spectrum/a.bin".to_vec();
+        let old_version = version_name(&plain, &sha(b"old"), false);
+        let (staged, _) = place_in(&repo, b"a.bin", b"old", 1, &[]);
+        repo.discard(staged).unwrap();
+        let catalog = vec![(plain.clone(), "spectrum/a.bin".to_owned(), sha(b"old"))];
+        let moved = Placement::Stored {
+            stored_as: plain.clone(),
+            replaced: Some(Replaced {
+                sha256: sha(b"old"),
+                stored_as: old_version.clone(),
+            }),
+        };
+        // Killed after the old version got its version name, before the
+        // rename: the retry finds the name holding it and goes on.
+        std::fs::hard_link(
+            repo.root().join(OsStr::from_bytes(&plain)),
+            repo.root().join(OsStr::from_bytes(&old_version)),
+        )
+        .unwrap();
+        let (staged, placed) = place_in(&repo, b"a.bin", b"new", 2, &catalog);
+        assert_eq!(placed, moved);
+        assert_eq!(read(&repo, &plain), b"new");
+        assert_eq!(read(&repo, &old_version), b"old");
+        // Killed after the rename, before the journal: the journal still
+        // says the plain name holds the old version; the retry moves the
+        // row, and nothing is linked twice.
+        let placed = repo
+            .place(&staged, &sha(b"new"), |name| {
+                catalog
+                    .iter()
+                    .find(|(stored, ..)| name::encode(stored) == name)
+                    .map(|(_, path, sha)| (path.clone(), *sha))
+            })
+            .unwrap();
+        assert_eq!(placed, moved);
+        assert_eq!(read(&repo, &plain), b"new");
+        assert_eq!(read(&repo, &old_version), b"old");
+        repo.discard(staged).unwrap();
+        assert_eq!(tree_of(&repo).len(), 2, "{:?}", tree_of(&repo));
+    }
+
+    #[test]
+    fn a_plain_name_holding_another_paths_version_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open(&dir.path().join("repo"), &dir.path().join("staging")).unwrap();
+        // x.bin's version sits where a file named like it would go.
+        let taken = version_name(b"s1/spectrum/x.bin", &sha(b"x1"), false);
+        let name = taken.strip_prefix(b"s1/spectrum/".as_slice()).unwrap();
+        let (staged, _) = place_in(&repo, name, b"x1", 1, &[]);
+        repo.discard(staged).unwrap();
+        let catalog = vec![(taken.clone(), "spectrum/x.bin".to_owned(), sha(b"x1"))];
+        let (staged, placed) = place_in(&repo, name, b"look-alike", 2, &catalog);
+        repo.discard(staged).unwrap();
+        assert_eq!(read(&repo, &taken), b"x1");
+        assert_eq!(read(&repo, placed.stored_as()), b"look-alike");
+        assert_ne!(placed.stored_as(), &taken[..]);
+    }
+
+    fn tree_of(repo: &Repository) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap().flatten() {
+                if entry.path().is_dir() {
+                    walk(&entry.path(), out);
+                } else {
+                    out.push(entry.path());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(repo.root(), &mut out);
+        out
+    }
+
+    #[test]
+    fn version_names_keep_the_extension_and_always_fit_in_255_bytes() {
         let s = [0xabu8; 32];
-        assert_eq!(beside("a/b/x.bin", &s), "a/b/x.abababababab.bin");
-        assert_eq!(beside("noext", &s), "noext.abababababab");
-        assert_eq!(beside("d/.hidden", &s), "d/.hidden.abababababab");
+        let v = |p: &[u8]| version_name(p, &s, false);
+        assert_eq!(v(b"a/b/x.bin"), b"a/b/x.abababababab.bin");
+        assert_eq!(v(b"noext"), b"noext.abababababab");
+        assert_eq!(v(b"d/.hidden"), b"d/.hidden.abababababab");
+        assert_eq!(v(b"caf\xe9.bin"), b"caf\xe9.abababababab.bin");
+        // A name of 250 bytes: cut, marked, still under 255.
+        let long = [vec![b'n'; 246], b".bin".to_vec()].concat();
+        for full in [false, true] {
+            let name = version_name(&long, &s, full);
+            assert!(name.len() <= MAX_COMPONENT, "{} bytes", name.len());
+            assert!(name.ends_with(b".bin"));
+            assert!(name.starts_with(b"nnnn"));
+        }
+        // Cut inside a character of a UTF-8 name: the character goes whole.
+        let accents = [vec![b'a'], "é".repeat(125).into_bytes(), b".csv".to_vec()].concat();
+        assert_eq!(accents.len(), 255);
+        let name = version_name(&accents, &s, false);
+        assert!(name.len() <= MAX_COMPONENT);
+        assert!(std::str::from_utf8(&name).is_ok(), "{name:?}");
+        // A name that is not UTF-8 is cut where it is cut, and stays a name.
+        let latin1 = vec![0xe9; 255];
+        let name = version_name(&latin1, &s, true);
+        assert!(name.len() <= MAX_COMPONENT && !name.contains(&b'/') && !name.contains(&0));
+    }
+
+    #[test]
+    fn version_names_are_unique_and_fit_for_any_name() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..20_000 {
+            // Names of 1..=255 bytes, any byte but '/' and NUL, many long
+            // and sharing a prefix, many with dots.
+            let len = match next() % 3 {
+                0 => 1 + (next() % 20) as usize,
+                _ => 200 + (next() % 56) as usize,
+            };
+            let mut name: Vec<u8> = (0..len)
+                .map(|i| match next() % 8 {
+                    _ if i < 190 && len > 100 => b'p',
+                    0 => b'.',
+                    1 => 0xc3,
+                    2 => 0xa9,
+                    _ => (next() % 254 + 1) as u8,
+                })
+                .map(|b| if b == b'/' { b'_' } else { b })
+                .collect();
+            name.truncate(255);
+            let content = [(next() % 3) as u8; 32];
+            for full in [false, true] {
+                let version = version_name(&name, &content, full);
+                assert!(version.len() <= MAX_COMPONENT, "{} bytes", version.len());
+                assert!(check_path(&version).is_ok());
+                if let Some(other) = seen.insert(version.clone(), (name.clone(), content))
+                    && other != (name.clone(), content)
+                {
+                    panic!("{name:?} and {other:?} share the version name {version:?}");
+                }
+            }
+        }
     }
 }

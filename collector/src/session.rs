@@ -22,13 +22,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferry_common::codec;
 use ferry_common::link::{Incoming, Peer, ServerLink, ServerSender, admit_hello, malformed};
+use ferry_common::name;
 use ferry_common::protocol::*;
 use ferry_common::station::StationId;
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::journal::{Journal, Record};
+use crate::journal::{Journal, Previous, Record};
 use crate::metrics::Metrics;
 use crate::repository::{self, FileKey, Placement, Repository, RepositoryError, Staged};
 use crate::writer::{Done, FileId, Writers, repository_error};
@@ -385,6 +386,7 @@ impl Session {
         let full = self.disk_full();
         let mut needs = Vec::with_capacity(offer.files.len());
         let mut batch = Batch::new();
+        let mut paths = HashSet::new();
         for file in offer.files {
             let refuse = |batch: &mut Batch, error: ErrorFrame| {
                 batch.results.push(FileResult {
@@ -399,7 +401,7 @@ impl Session {
             if let Err(e) =
                 repository::check_root(&file.root).and_then(|_| repository::check_path(&file.path))
             {
-                warn!(root = %file.root, path = ?file.path, error = %e, "path refused");
+                warn!(root = %file.root, path = %name::encode(&file.path), error = %e, "path refused");
                 needs.push(refuse(
                     &mut batch,
                     ErrorFrame::new(ErrorCode::PathRefused, e.to_string()),
@@ -412,6 +414,18 @@ impl Session {
                 needs.push(refuse(
                     &mut batch,
                     ErrorFrame::new(ErrorCode::UnexpectedMessage, "file id offered twice"),
+                ));
+                continue;
+            }
+            // Two versions of one path in one batch cannot both be the
+            // latest; the agent offers a path once per batch.
+            if !paths.insert((file.root.clone(), file.path.clone())) {
+                needs.push(refuse(
+                    &mut batch,
+                    ErrorFrame::new(
+                        ErrorCode::UnexpectedMessage,
+                        "path offered twice in one batch",
+                    ),
                 ));
                 continue;
             }
@@ -435,7 +449,7 @@ impl Session {
                         id: file.id,
                         outcome: Outcome::AlreadyStored {
                             sha256: sha,
-                            stored_as,
+                            stored_as: stored_bytes(&stored_as),
                         },
                     });
                     needs.push(FileNeed {
@@ -690,7 +704,10 @@ async fn finish_batch(
 /// Durability is grouped, never one flush per file: one group `syncfs`
 /// makes the staged content durable (shared with every batch syncing at the
 /// same time), then the files are linked, then a second one makes the links
-/// durable.
+/// durable. Content the journal already holds for its path (an older
+/// version sent again) is not placed again. From placing to journaling, the
+/// batch holds its plain names, so no other batch places another version of
+/// one of its paths in between.
 fn place_batch(
     shared: &Shared,
     committed: Vec<(u32, Staged, Sha256)>,
@@ -701,82 +718,102 @@ fn place_batch(
     let now = now_ms();
     let staged: Vec<&Staged> = committed.iter().map(|(_, staged, _)| staged).collect();
     let synced = repository.sync_staged(&staged);
-    let mut placed = Vec::with_capacity(committed.len());
-    for ((id, staged, sha256), synced) in committed.into_iter().zip(synced) {
-        let placement = synced.and_then(|()| {
-            repository.link(&staged, &sha256, |name| {
-                journal.content_of(name).ok().flatten()
-            })
-        });
-        placed.push((id, staged, sha256, placement));
-    }
-    // Each directory once, named by one of the files linked into it.
-    let dirs: BTreeMap<&str, &str> = placed
-        .iter()
-        .filter_map(|(.., p)| p.as_ref().ok())
-        .map(|p| (parent_of(p.stored_as()), p.stored_as()))
-        .collect();
-    let files: Vec<&str> = dirs.values().copied().collect();
-    let dir_errors: HashMap<&str, RepositoryError> = dirs
-        .keys()
-        .zip(repository.sync_parents(&files))
-        .filter_map(|(dir, r)| r.err().map(|e| (*dir, e)))
-        .collect();
+    let _claim = repository.claim(staged.iter().map(|s| s.key.plain_name()));
     // What the journal already holds, asked for the whole batch at once.
-    let names: Vec<(String, String)> = placed
+    let names: Vec<(String, String)> = committed
         .iter()
-        .map(|(_, staged, ..)| (staged.key.station.to_string(), staged.key.catalog_path()))
+        .map(|(_, staged, _)| (staged.key.station.to_string(), staged.key.catalog_path()))
         .collect();
-    let keys: Vec<(&str, &str, &Sha256)> = placed
+    let keys: Vec<(&str, &str, &Sha256)> = committed
         .iter()
         .zip(&names)
-        .map(|((_, _, sha256, _), (station, path))| (station.as_str(), path.as_str(), sha256))
+        .map(|((_, _, sha256), (station, path))| (station.as_str(), path.as_str(), sha256))
         .collect();
     let known_all = journal
         .lookup_all(&keys)
         .unwrap_or_else(|_| vec![None; keys.len()]);
+    let mut placed = Vec::with_capacity(committed.len());
+    for (((id, staged, sha256), synced), known) in committed.into_iter().zip(synced).zip(known_all)
+    {
+        let placement = match known {
+            Some(stored_as) => Ok(Known::Journaled(stored_bytes(&stored_as))),
+            None => synced
+                .and_then(|()| {
+                    repository.link(&staged, &sha256, |name| {
+                        journal.owner_of(name).ok().flatten()
+                    })
+                })
+                .map(Known::Placed),
+        };
+        placed.push((id, staged, sha256, placement));
+    }
+    // Each directory once, named by one of the files linked into it.
+    let dirs: BTreeMap<&[u8], &[u8]> = placed
+        .iter()
+        .filter_map(|(.., p)| match p {
+            Ok(Known::Placed(p)) => Some(p.stored_as()),
+            _ => None,
+        })
+        .map(|stored_as| (parent_of(stored_as), stored_as))
+        .collect();
+    let files: Vec<&[u8]> = dirs.values().copied().collect();
+    let dir_errors: HashMap<&[u8], RepositoryError> = dirs
+        .keys()
+        .zip(repository.sync_parents(&files))
+        .filter_map(|(dir, r)| r.err().map(|e| (*dir, e)))
+        .collect();
     let mut results = Vec::new();
     let mut records = Vec::new();
     let mut done = Vec::new();
-    for (((id, staged, sha256, placement), (station, catalog_path)), known) in
-        placed.iter().zip(names).zip(known_all)
-    {
+    for ((id, staged, sha256, placement), (station, catalog_path)) in placed.iter().zip(names) {
         let (id, sha256) = (*id, *sha256);
         let placement = match placement {
-            Ok(p) => match dir_errors.get(parent_of(p.stored_as())) {
+            Ok(Known::Placed(p)) => match dir_errors.get(parent_of(p.stored_as())) {
                 Some(e) => Err(e),
-                None => Ok(p),
+                None => Ok(Known::Placed(p.clone())),
             },
+            Ok(known) => Ok(known.clone()),
             Err(e) => Err(e),
         };
         match placement {
-            Ok(Placement::Stored { stored_as }) | Ok(Placement::AlreadyThere { stored_as }) => {
-                let stored_as = stored_as.clone();
-                if known.is_none() {
-                    records.push((
-                        id,
-                        Record {
-                            station,
-                            path: catalog_path,
-                            size: staged.key.size,
-                            mtime_ns: staged.key.mtime_ns,
-                            sha256,
-                            stored_as: stored_as.clone(),
-                            received_at: now,
-                            transfer: transfer.to_owned(),
-                        },
-                    ));
-                    results.push(FileResult {
-                        id,
-                        outcome: Outcome::Stored { sha256, stored_as },
-                    });
-                } else {
-                    Metrics::add(&shared.metrics.already_stored, 1);
-                    results.push(FileResult {
-                        id,
-                        outcome: Outcome::AlreadyStored { sha256, stored_as },
-                    });
-                }
+            Ok(Known::Placed(placement)) => {
+                let (stored_as, replaced) = match placement {
+                    Placement::Stored {
+                        stored_as,
+                        replaced,
+                    } => (stored_as, replaced),
+                    Placement::AlreadyThere { stored_as } => (stored_as, None),
+                };
+                records.push((
+                    id,
+                    Record {
+                        station,
+                        path: catalog_path,
+                        size: staged.key.size,
+                        mtime_ns: staged.key.mtime_ns,
+                        sha256,
+                        stored_as: name::encode(&stored_as),
+                        received_at: now,
+                        transfer: transfer.to_owned(),
+                        latest: true,
+                        previous: replaced.map(|r| Previous {
+                            sha256: r.sha256,
+                            stored_as: name::encode(&r.stored_as),
+                        }),
+                    },
+                ));
+                results.push(FileResult {
+                    id,
+                    outcome: Outcome::Stored { sha256, stored_as },
+                });
+                done.push(id);
+            }
+            Ok(Known::Journaled(stored_as)) => {
+                Metrics::add(&shared.metrics.already_stored, 1);
+                results.push(FileResult {
+                    id,
+                    outcome: Outcome::AlreadyStored { sha256, stored_as },
+                });
                 done.push(id);
             }
             Err(e) => {
@@ -828,9 +865,26 @@ fn place_batch(
     results
 }
 
+/// How a committed file stands after placing.
+#[derive(Clone)]
+enum Known {
+    /// The journal holds this content for the path already, here.
+    Journaled(Vec<u8>),
+    /// Placed now.
+    Placed(Placement),
+}
+
+/// The bytes of a stored name the journal holds in text form.
+fn stored_bytes(stored_as: &str) -> Vec<u8> {
+    name::decode(stored_as).unwrap_or_else(|_| stored_as.as_bytes().to_vec())
+}
+
 /// The directory part of a repository-relative path.
-fn parent_of(stored_as: &str) -> &str {
-    stored_as.rsplit_once('/').map_or("", |(dir, _)| dir)
+fn parent_of(stored_as: &[u8]) -> &[u8] {
+    match stored_as.iter().rposition(|&b| b == b'/') {
+        Some(i) => &stored_as[..i],
+        None => b"",
+    }
 }
 
 /// What a queued message costs in memory, roughly: its payload, or a small

@@ -4,6 +4,15 @@
 //! station, path and content hash) and keeps its applied journal position in
 //! the same transaction as the rows, so a store that crashes mid-batch
 //! re-applies exactly what it lacks.
+//!
+//! Paths are bytes: `path` holds their reversible text form
+//! ([`ferry_common::name`]), which is the key and what a person reads, and
+//! `path_bytes` the exact bytes. A row is one version of a path; `latest`
+//! marks the newest stored, whose `stored_as` is the plain name. Applying a
+//! record makes it the latest of its path and, if it took the plain name
+//! from an older version, moves that row's `stored_as` to the older
+//! version's name, in the same transaction as the position, so each catalog
+//! learns each move exactly once.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -188,6 +197,14 @@ const SQLITE_SCHEMA: &[&str] = &[
         seq INTEGER NOT NULL
     );
     INSERT INTO applied (id, seq) VALUES (1, 0);",
+    // Version 2: names are bytes, and versions. `path` is the text form of
+    // the path (rows written before were UTF-8 without backslashes: their
+    // own text form), `path_bytes` its exact bytes; `latest` marks the
+    // newest version of each path.
+    "ALTER TABLE files ADD COLUMN path_bytes BLOB;
+    ALTER TABLE files ADD COLUMN latest INTEGER NOT NULL DEFAULT 0;
+    UPDATE files SET path_bytes = CAST(path AS BLOB);
+    UPDATE files SET latest = 1 WHERE id IN (SELECT MAX(id) FROM files GROUP BY station, path);",
 ];
 
 /// The embedded default: a SQLite catalog file.
@@ -254,14 +271,51 @@ impl SqliteStore {
 }
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CatalogRow> {
-    Record::from_sqlite_row(r, 0)
+    let mut row = Record::from_sqlite_row(r, 0)?;
+    row.latest = r.get(8)?;
+    Ok(row)
 }
 
+/// Applies one journal record: the version it follows is no longer the
+/// latest and is where the record says (moved off the plain name, if this
+/// one took it), and its row is inserted unless present. Repeating it
+/// changes nothing.
+fn apply_sqlite(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<bool> {
+    if let Some(previous) = &r.previous {
+        tx.prepare_cached(
+            "UPDATE files SET latest = 0, stored_as = ?4
+             WHERE station = ?1 AND path = ?2 AND sha256 = ?3",
+        )?
+        .execute(params![
+            r.station,
+            r.path,
+            &previous.sha256[..],
+            previous.stored_as
+        ])?;
+    }
+    insert_sqlite(tx, r)
+}
+
+/// Inserts a row as it is, unless present; moves the counters if it was new.
 fn insert_sqlite(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<bool> {
-    let inserted = r.insert_with(&mut tx.prepare_cached(
-        "INSERT OR IGNORE INTO files (station, path, size, mtime_ns, sha256, stored_as, received_at, transfer)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?)?;
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO files (station, path, size, mtime_ns, sha256, stored_as, received_at,
+                                          transfer, path_bytes, latest)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?
+        .execute(params![
+            r.station,
+            r.path,
+            r.size as i64,
+            r.mtime_ns,
+            &r.sha256[..],
+            r.stored_as,
+            r.received_at,
+            r.transfer,
+            r.path_bytes(),
+            r.latest
+        ])?;
     if inserted == 0 {
         return Ok(false);
     }
@@ -320,7 +374,7 @@ impl CatalogStore for SqliteStore {
             };
             let tx = conn.transaction().map_err(err)?;
             for (_, record) in &records {
-                insert_sqlite(&tx, record).map_err(err)?;
+                apply_sqlite(&tx, record).map_err(err)?;
             }
             tx.execute(
                 "UPDATE applied SET seq = MAX(seq, ?1) WHERE id = 1",
@@ -336,7 +390,8 @@ impl CatalogStore for SqliteStore {
         self.with(|conn, err| {
             let mut stmt = conn
                 .prepare(
-                    "SELECT station, path, size, mtime_ns, sha256, stored_as, received_at, transfer
+                    "SELECT station, path, size, mtime_ns, sha256, stored_as, received_at, transfer,
+                            latest
                      FROM files ORDER BY station, path, sha256",
                 )
                 .map_err(err)?;
@@ -396,13 +451,16 @@ impl CatalogStore for SqliteStore {
         self.with(move |conn, err| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT id, station, path, size, mtime_ns, sha256, stored_as, received_at, transfer
+                    "SELECT id, station, path, size, mtime_ns, sha256, stored_as, received_at, transfer,
+                            latest
                      FROM files WHERE id > ?1 ORDER BY id LIMIT ?2",
                 )
                 .map_err(err)?;
             let rows = stmt
                 .query_map(params![after, limit as i64], |r| {
-                    Ok((r.get(0)?, Record::from_sqlite_row(r, 1)?))
+                    let mut row = Record::from_sqlite_row(r, 1)?;
+                    row.latest = r.get(9)?;
+                    Ok((r.get(0)?, row))
                 })
                 .map_err(err)?;
             rows.collect::<Result<_, _>>().map_err(err)
@@ -437,6 +495,8 @@ mod tests {
             stored_as: format!("s1/{path}"),
             received_at: 1000 + i64::from(sha),
             transfer: "00/1".into(),
+            latest: true,
+            previous: None,
         }
     }
 
@@ -479,5 +539,83 @@ mod tests {
             .unwrap();
         assert_eq!(added, 1);
         assert_eq!(store.summary().await.unwrap()[0].files, 2);
+    }
+
+    #[tokio::test]
+    async fn a_newer_version_moves_the_older_row_once_and_replaying_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::new("primary", &dir.path().join("c.sqlite"));
+        store.migrate().await.unwrap();
+        let first = record("a", 1, 10);
+        let mut second = record("a", 2, 20);
+        second.previous = Some(crate::journal::Previous {
+            sha256: [1; 32],
+            stored_as: "s1/a.010101010101".into(),
+        });
+        let batch = vec![(1, first), (2, second)];
+        store.apply(batch.clone()).await.unwrap();
+        store.apply(batch).await.unwrap();
+        let rows: Vec<(String, bool)> = store
+            .rows()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.stored_as, r.latest))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("s1/a.010101010101".to_owned(), false),
+                ("s1/a".to_owned(), true)
+            ]
+        );
+        assert_eq!(store.summary().await.unwrap()[0].files, 2);
+    }
+
+    #[tokio::test]
+    async fn a_version_1_catalog_migrates_its_rows_to_bytes_and_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            assert_eq!(
+                migrate_sqlite(&mut conn, &SQLITE_SCHEMA[..1]).unwrap(),
+                None
+            );
+            for (path, sha) in [("data/é.bin", 1u8), ("data/é.bin", 2), ("data/b", 3)] {
+                conn.execute(
+                    "INSERT INTO files (station, path, size, mtime_ns, sha256, stored_as, received_at, transfer)
+                     VALUES ('s1', ?1, 1, 1, ?2, ?1, 1, 't')",
+                    params![path, &[sha; 32][..]],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteStore::new("primary", &path);
+        store.migrate().await.unwrap();
+        let latest: Vec<(String, u8, bool)> = store
+            .rows()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.path, r.sha256[0], r.latest))
+            .collect();
+        assert_eq!(
+            latest,
+            vec![
+                ("data/b".to_owned(), 3, true),
+                ("data/é.bin".to_owned(), 1, false),
+                ("data/é.bin".to_owned(), 2, true)
+            ]
+        );
+        let conn = Connection::open(&path).unwrap();
+        let bytes: Vec<u8> = conn
+            .query_row(
+                "SELECT path_bytes FROM files WHERE path = 'data/é.bin' LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(bytes, "data/é.bin".as_bytes());
     }
 }

@@ -275,7 +275,7 @@ mod tests {
                     FileOffer {
                         id: 0,
                         root: "spectrum".into(),
-                        path: "2022/03/rfeye002073_220307_T175758.bin".into(),
+                        path: b"2022/03/rfeye002073_220307_T175758.bin".to_vec(),
                         size: 123_456,
                         mtime_ns: 1_646_675_878_000_000_000,
                         sha256: None,
@@ -283,7 +283,7 @@ mod tests {
                     FileOffer {
                         id: 1,
                         root: "logs".into(),
-                        path: "ünïcödé/line\nbreak.csv".into(),
+                        path: b"caf\xe9/line\nbreak\\x.csv".to_vec(),
                         size: 0,
                         mtime_ns: -1,
                         sha256: Some([7; 32]),
@@ -327,14 +327,14 @@ mod tests {
                         id: 0,
                         outcome: Outcome::Stored {
                             sha256: [1; 32],
-                            stored_as: "a/b".into(),
+                            stored_as: b"a/b".to_vec(),
                         },
                     },
                     FileResult {
                         id: 1,
                         outcome: Outcome::AlreadyStored {
                             sha256: [7; 32],
-                            stored_as: "c".into(),
+                            stored_as: b"c\xff".to_vec(),
                         },
                     },
                     FileResult {

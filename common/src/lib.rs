@@ -11,6 +11,7 @@ pub mod link;
 pub mod logging;
 pub mod malloc;
 pub mod metrics;
+pub mod name;
 pub mod pki;
 pub mod protocol;
 pub mod readiness;

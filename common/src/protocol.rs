@@ -16,9 +16,14 @@ use serde::{Deserialize, Serialize};
 use crate::station::StationId;
 
 /// The protocol version this build speaks natively (and the newest it knows).
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// Version 2 carries paths as bytes (names need not be UTF-8). Version 1
+/// carried them as UTF-8 text, which an agent could only fill by replacing
+/// what was not UTF-8, so two names could arrive as one; it is no longer
+/// spoken (see ARCHITECTURE.md, "Names are bytes").
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest protocol version this build still speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 
 /// A SHA-256 digest.
 pub type Sha256 = [u8; 32];
@@ -88,8 +93,10 @@ pub struct FileOffer {
     pub id: u32,
     /// Name of the configured root the file lives under.
     pub root: String,
-    /// Path relative to the root, `/`-separated, as found on the station.
-    pub path: String,
+    /// Path relative to the root, `/`-separated: the exact bytes of the
+    /// station's file names (not necessarily UTF-8).
+    #[serde(with = "serde_bytes")]
+    pub path: Vec<u8>,
     pub size: u64,
     /// Modification time, nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
@@ -223,10 +230,19 @@ pub struct FileResult {
 /// The outcome for one file of a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    /// Stored and catalogued; the agent may forget the file.
-    Stored { sha256: Sha256, stored_as: String },
+    /// Stored and catalogued; the agent may forget the file. `stored_as`
+    /// is the path in the repository, as bytes.
+    Stored {
+        sha256: Sha256,
+        #[serde(with = "serde_bytes")]
+        stored_as: Vec<u8>,
+    },
     /// The same content was already stored and catalogued.
-    AlreadyStored { sha256: Sha256, stored_as: String },
+    AlreadyStored {
+        sha256: Sha256,
+        #[serde(with = "serde_bytes")]
+        stored_as: Vec<u8>,
+    },
     /// Not stored; `ErrorFrame::retryable` tells whether to try again.
     Failed(ErrorFrame),
 }
@@ -371,8 +387,10 @@ mod tests {
 
     #[test]
     fn negotiation_picks_the_newest_common_version() {
-        assert_eq!(negotiate(&hello(1, 1)), Ok(1));
+        assert_eq!(negotiate(&hello(2, 2)), Ok(2));
         assert_eq!(negotiate(&hello(1, 9)), Ok(PROTOCOL_VERSION));
+        // Version 1 (paths as text) is no longer spoken.
+        assert!(negotiate(&hello(1, 1)).is_err());
     }
 
     #[test]

@@ -3,33 +3,36 @@
 //! `check_root`), which stand between a station's offer and the filesystem.
 //!
 //! Checked for every accepted path: it is returned unchanged; it is not
-//! empty, not absolute, within the length limits, has no NUL, no backslash,
-//! no empty, `.` or `..` component; `std::path` sees exactly its `/`-separated
+//! empty, not absolute, within the length limits, has no NUL, no empty, `.`
+//! or `..` component; `std::path` sees exactly its `/`-separated
 //! components, all normal; and joined under a repository, station and root
-//! it stays under them. An accepted root name is one such component without
-//! `/`. Refusals must display. Input that is not UTF-8 cannot arrive (frames
-//! carry strings, which the decoder validates) and is skipped.
+//! it stays under them. Paths are bytes (any name Linux allows, UTF-8 or
+//! not; a backslash is an ordinary byte), so every input is a path. An
+//! accepted root name is one such component without `/`. Refusals must
+//! display.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 
 use ferry_collector::repository::{MAX_COMPONENT, MAX_PATH, check_path, check_root};
 
 /// Checks `data` as a path and as a root name; panics on a violation.
 pub fn check(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    match check_path(text) {
-        Ok(path) => accepted_path(text, path),
+    match check_path(data) {
+        Ok(path) => accepted_path(data, path),
         Err(error) => {
             let _ = error.to_string();
         }
     }
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     match check_root(text) {
         Ok(root) => {
             assert_eq!(root, text);
             assert!(!root.contains('/'), "root {root:?} has a '/'");
-            accepted_path(text, root);
+            accepted_path(data, root.as_bytes());
         }
         Err(error) => {
             let _ = error.to_string();
@@ -37,27 +40,31 @@ pub fn check(data: &[u8]) {
     }
 }
 
-fn accepted_path(text: &str, path: &str) {
-    assert_eq!(path, text, "an accepted path was rewritten");
+fn accepted_path(data: &[u8], path: &[u8]) {
+    assert_eq!(path, data, "an accepted path was rewritten");
     assert!(!path.is_empty());
     assert!(path.len() <= MAX_PATH, "{} bytes accepted", path.len());
-    assert!(!path.starts_with('/'), "absolute {path:?} accepted");
-    assert!(!path.contains('\0'), "NUL in {path:?} accepted");
-    assert!(!path.contains('\\'), "backslash in {path:?} accepted");
-    let parts: Vec<&str> = path.split('/').collect();
+    assert!(!path.starts_with(b"/"), "absolute {path:?} accepted");
+    assert!(!path.contains(&0), "NUL in {path:?} accepted");
+    let parts: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
     for part in &parts {
         assert!(!part.is_empty(), "empty component in {path:?} accepted");
         assert!(
-            *part != "." && *part != "..",
+            *part != b"." && *part != b"..",
             "dot component in {path:?} accepted"
         );
         assert!(part.len() <= MAX_COMPONENT, "long component accepted");
     }
     // What the filesystem will see: the same components, all normal.
-    let components: Vec<Component> = Path::new(path).components().collect();
+    let path = Path::new(OsStr::from_bytes(path));
+    let components: Vec<Component> = path.components().collect();
     assert_eq!(components.len(), parts.len(), "{path:?}: {components:?}");
     for (component, part) in components.iter().zip(&parts) {
-        assert_eq!(*component, Component::Normal(part.as_ref()), "{path:?}");
+        assert_eq!(
+            *component,
+            Component::Normal(OsStr::from_bytes(part)),
+            "{path:?}"
+        );
     }
     // Joined under the station's area, it stays there, even lexically
     // normalised.
@@ -104,5 +111,13 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
     ]
     .into_iter()
     .map(|(name, path)| (name.to_owned(), path.as_bytes().to_vec()))
+    .chain([
+        // Latin-1 names from instrument software: not UTF-8, still names.
+        (
+            "latin1".to_owned(),
+            b"mesures/caf\xe9/\xe9t\xe9.bin".to_vec(),
+        ),
+        ("parent_latin1".to_owned(), b"\xe9/../../x".to_vec()),
+    ])
     .collect()
 }

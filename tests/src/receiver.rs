@@ -1,6 +1,7 @@
 //! A minimal receiving side for link tests: it admits stations, hashes the
-//! chunks it is sent and acknowledges each committed file, keeping what it
-//! received for the test to compare. It stores nothing on disk; the real
+//! chunks it is sent and acknowledges each batch once every file of it is
+//! committed (or refused), keeping what it received for the test to
+//! compare. It stores nothing on disk; the real
 //! collector does that.
 
 use std::collections::HashMap;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_common::link::{Incoming, Peer, ServerLink, ServerLinkConfig, admit_hello, malformed};
+use ferry_common::name;
 use ferry_common::protocol::*;
 use ferry_common::station::StationId;
 
@@ -19,6 +21,7 @@ use crate::pki::TestPki;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
     pub station: StationId,
+    /// The path in the text form of names.
     pub path: String,
     pub len: u64,
     pub sha256: Sha256,
@@ -30,6 +33,11 @@ pub struct Seen {
     pub files: Vec<Received>,
     pub sessions: Vec<StationId>,
     pub errors: Vec<(StationId, ErrorFrame)>,
+    /// Offered paths containing one of these bytes strings are refused for
+    /// good (`PathRefused`), as a collector refuses a path it never takes.
+    pub refuse: Vec<Vec<u8>>,
+    /// How many offers were refused so.
+    pub refused: u64,
 }
 
 /// A running receiver; stops when dropped.
@@ -72,6 +80,15 @@ impl Receiver {
         f(&self.seen.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Refuses for good every offered path containing `marker`.
+    pub fn refuse_paths_containing(&self, marker: &[u8]) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .refuse
+            .push(marker.to_vec());
+    }
+
     /// Stops the receiver; every station connection closes.
     pub async fn stop(self) {
         self.task.abort();
@@ -88,7 +105,7 @@ impl Drop for Receiver {
 }
 
 struct InFlight {
-    path: String,
+    path: Vec<u8>,
     hash: ring::digest::Context,
     len: u64,
 }
@@ -96,7 +113,9 @@ struct InFlight {
 async fn serve(mut link: ServerLink, seen: Arc<Mutex<Seen>>, heartbeat: Duration) {
     let sender = link.sender();
     let mut sessions: HashMap<Bytes, HashMap<(u64, u32), InFlight>> = HashMap::new();
-    let mut offers: HashMap<(Bytes, u64, u32), String> = HashMap::new();
+    let mut offers: HashMap<(Bytes, u64, u32), Vec<u8>> = HashMap::new();
+    // Per batch: files still to commit, and the results so far.
+    let mut batches: HashMap<(Bytes, u64), (usize, Vec<FileResult>)> = HashMap::new();
     while let Some(Incoming { peer, frame }) = link.recv().await {
         let reply_error = |error: ErrorFrame, peer: &Peer| {
             seen.lock()
@@ -146,17 +165,54 @@ async fn serve(mut link: ServerLink, seen: Arc<Mutex<Seen>>, heartbeat: Duration
         let reply = match message {
             Message::Offer(offer) => {
                 let mut needs = Vec::new();
+                let mut refused = Vec::new();
                 for file in offer.files {
+                    let refuse = {
+                        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                        let hit = seen.refuse.iter().any(|m| {
+                            !m.is_empty() && file.path.windows(m.len()).any(|w| w == &m[..])
+                        });
+                        seen.refused += u64::from(hit);
+                        hit
+                    };
+                    if refuse {
+                        let error = ErrorFrame::new(ErrorCode::PathRefused, "refused by the test");
+                        refused.push(FileResult {
+                            id: file.id,
+                            outcome: Outcome::Failed(error.clone()),
+                        });
+                        needs.push(FileNeed {
+                            id: file.id,
+                            need: Need::Refused(error),
+                        });
+                        continue;
+                    }
                     offers.insert((peer.identity.clone(), offer.batch, file.id), file.path);
                     needs.push(FileNeed {
                         id: file.id,
                         need: Need::From { offset: 0 },
                     });
                 }
-                Some(Message::OfferReply(OfferReply {
-                    batch: offer.batch,
-                    files: needs,
-                }))
+                let batch = offer.batch;
+                let waiting = needs.len() - refused.len();
+                let _ = sender
+                    .send(
+                        &peer,
+                        Message::OfferReply(OfferReply {
+                            batch,
+                            files: needs,
+                        }),
+                    )
+                    .await;
+                if waiting == 0 {
+                    Some(Message::Ack(Ack {
+                        batch,
+                        results: refused,
+                    }))
+                } else {
+                    batches.insert((peer.identity.clone(), batch), (waiting, refused));
+                    None
+                }
             }
             Message::Chunk(chunk) => {
                 let key = (chunk.batch, chunk.file);
@@ -191,7 +247,7 @@ async fn serve(mut link: ServerLink, seen: Arc<Mutex<Seen>>, heartbeat: Duration
                                 .files
                                 .push(Received {
                                     station: peer.station.clone(),
-                                    path: path.clone(),
+                                    path: name::encode(&path),
                                     len,
                                     sha256,
                                 });
@@ -211,13 +267,31 @@ async fn serve(mut link: ServerLink, seen: Arc<Mutex<Seen>>, heartbeat: Duration
                         "nothing sent",
                     )),
                 };
-                Some(Message::Ack(Ack {
-                    batch: commit.batch,
-                    results: vec![FileResult {
-                        id: commit.file,
-                        outcome,
-                    }],
-                }))
+                let result = FileResult {
+                    id: commit.file,
+                    outcome,
+                };
+                match batches.get_mut(&(peer.identity.clone(), commit.batch)) {
+                    Some((waiting, results)) => {
+                        results.push(result);
+                        *waiting = waiting.saturating_sub(1);
+                        if *waiting == 0 {
+                            let (_, results) = batches
+                                .remove(&(peer.identity.clone(), commit.batch))
+                                .unwrap_or_default();
+                            Some(Message::Ack(Ack {
+                                batch: commit.batch,
+                                results,
+                            }))
+                        } else {
+                            None
+                        }
+                    }
+                    None => Some(Message::Ack(Ack {
+                        batch: commit.batch,
+                        results: vec![result],
+                    })),
+                }
             }
             Message::StatusQuery(_) => {
                 let files = seen

@@ -485,37 +485,6 @@ async fn streaming_a_3_gib_sparse_file_keeps_agent_memory_bounded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_file_shows_in_status_and_never_blocks_the_others() {
-    ferry_tests::init_logging();
-    let pki = TestPki::new().unwrap();
-    let mut collector = TestCollector::new(&pki, "").unwrap();
-    let endpoint = collector.start().await.unwrap();
-    let mut agent = TestAgent::new(&pki, "s1", &endpoint, "").unwrap();
-    // The collector refuses backslashes in names (ambiguous over SMB).
-    agent.write("bad\\name.bin", b"refused");
-    for i in 0..5 {
-        agent.write(&format!("good{i}.bin"), b"fine");
-    }
-    agent.start().unwrap();
-    stored(&collector, "s1", 5).await;
-    let bin = ferry_tests::process::binary("ferry-agent").unwrap();
-    let config = agent.config_path.to_string_lossy().into_owned();
-    let json = eventually(WAIT, || {
-        let out =
-            ferry_tests::process::run(&bin, &["status", "--json", "--config", &config]).ok()?;
-        let json = String::from_utf8_lossy(&out.stdout).into_owned();
-        // The batch's failure and its acks are recorded one after the other:
-        // wait for both.
-        (json.contains("path refused") && json.contains("\"due_files\":1")).then_some(json)
-    })
-    .await
-    .expect("status never showed the refused file as the only one due");
-    assert!(json.contains("bad\\\\name.bin"), "{json}");
-    agent.stop().unwrap();
-    collector.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poll_mode_root_is_found_without_inotify_and_an_indexerd_list_is_imported() {
     ferry_tests::init_logging();
     let pki = TestPki::new().unwrap();

@@ -23,7 +23,7 @@ use mysql_async::prelude::Queryable;
 
 /// The grants README.md's "Setting up MariaDB for Ferry" gives the
 /// collector's user, and nothing more.
-const README_GRANTS: &str = "SELECT, INSERT, UPDATE, CREATE";
+const README_GRANTS: &str = "SELECT, INSERT, UPDATE, CREATE, ALTER";
 
 /// Sends `count` one-file batches named `<tag>-<i>`, asserting each is acked
 /// as stored.

@@ -33,7 +33,7 @@ async fn send(
         std::fs::write(dir.join(&name), &content).unwrap();
         let file = OutgoingFile {
             root: "data".into(),
-            rel_path: name,
+            rel_path: name.into_bytes(),
             abs_path: dir.join(format!("{tag}-{i:03}.bin")),
             size: content.len() as u64,
             mtime_ns: 1,

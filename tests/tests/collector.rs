@@ -41,18 +41,24 @@ fn assert_all_stored(
             report.outcome,
             Outcome::Stored {
                 sha256: sha256(&content),
-                stored_as: format!("{station}/{}/{}", f.root, f.rel_path)
+                stored_as: [
+                    format!("{station}/{}/", f.root).into_bytes(),
+                    f.rel_path.clone()
+                ]
+                .concat()
             }
         );
         let stored =
             std::fs::read(collector.repository().join(stored_as(&report.outcome))).unwrap();
-        assert_eq!(stored, content, "{}", f.rel_path);
+        assert_eq!(stored, content, "{:?}", f.rel_path);
     }
 }
 
 fn stored_as(outcome: &Outcome) -> &str {
     match outcome {
-        Outcome::Stored { stored_as, .. } | Outcome::AlreadyStored { stored_as, .. } => stored_as,
+        Outcome::Stored { stored_as, .. } | Outcome::AlreadyStored { stored_as, .. } => {
+            std::str::from_utf8(stored_as).unwrap()
+        }
         Outcome::Failed(e) => panic!("file failed: {e}"),
     }
 }
@@ -169,7 +175,7 @@ async fn two_batches_in_flight_are_acked_each_with_its_own_results() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_content_for_a_stored_path_is_stored_beside_it() {
+async fn new_content_for_a_stored_path_takes_the_plain_name_and_the_old_keeps_its_version_name() {
     ferry_tests::init_logging();
     let (_pki, mut collector, mut link, dir) = started("s1").await;
     let mut flow = Flow::default();
@@ -190,23 +196,30 @@ async fn new_content_for_a_stored_path_is_stored_beside_it() {
     .await
     .unwrap();
     assert_eq!(stored_as(&first[0].outcome), "s1/data/log.csv");
-    let tag = &ferry_collector::repository::hex(&sha256(b"version 2, longer"))[..12];
-    assert_eq!(
-        stored_as(&second[0].outcome),
-        format!("s1/data/log.{tag}.csv")
-    );
+    assert_eq!(stored_as(&second[0].outcome), "s1/data/log.csv");
+    let tag = &ferry_collector::repository::hex(&sha256(b"version 1"))[..12];
     let repo = collector.repository();
     assert_eq!(
         std::fs::read(repo.join("s1/data/log.csv")).unwrap(),
-        b"version 1"
+        b"version 2, longer"
     );
     assert_eq!(
         std::fs::read(repo.join(format!("s1/data/log.{tag}.csv"))).unwrap(),
-        b"version 2, longer"
+        b"version 1"
     );
     let (primary, backup) = collector.settled_rows(2).await.unwrap();
     assert_eq!(primary.len(), 2);
     assert!(primary.iter().all(|r| r.path == "data/log.csv"));
+    let where_and_latest: Vec<(&str, bool)> = primary
+        .iter()
+        .map(|r| (r.stored_as.as_str(), r.latest))
+        .collect();
+    let old_name = format!("s1/data/log.{tag}.csv");
+    assert!(
+        where_and_latest.contains(&("s1/data/log.csv", true))
+            && where_and_latest.contains(&(old_name.as_str(), false)),
+        "{where_and_latest:?}"
+    );
     assert_eq!(primary, backup);
     collector.stop().await;
 }

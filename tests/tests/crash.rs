@@ -87,12 +87,17 @@ async fn kill_9_of_the_collector_mid_transfer_loses_and_duplicates_nothing() {
     // Every acked file is in the repository with the right content, and
     // exactly once in both catalogs.
     for f in acked.iter().chain([&cut]) {
-        let stored =
-            std::fs::read(collector.repository().join("s1/data").join(&f.rel_path)).unwrap();
+        let stored = std::fs::read(
+            collector
+                .repository()
+                .join("s1/data")
+                .join(std::str::from_utf8(&f.rel_path).unwrap()),
+        )
+        .unwrap();
         assert_eq!(
             sha256(&stored),
             sha256(&std::fs::read(&f.abs_path).unwrap()),
-            "{}",
+            "{:?}",
             f.rel_path
         );
     }

@@ -95,7 +95,7 @@ async fn full_disk_scenario(reserve: u64) {
             std::fs::write(&abs, &content).unwrap();
             OutgoingFile {
                 root: "data".into(),
-                rel_path: format!("f{i}.bin"),
+                rel_path: format!("f{i}.bin").into_bytes(),
                 abs_path: abs,
                 size: content.len() as u64,
                 mtime_ns: 1,

@@ -85,8 +85,9 @@ async fn bad_peers_get_clear_errors_while_a_good_station_keeps_sending() {
     // the connection is closed.
     let mut garbage = raw(&pki, "garbage", &endpoint).await;
     garbage.send(hello("garbage")).await.unwrap();
+    let version = ferry_common::protocol::PROTOCOL_VERSION.to_be_bytes();
     garbage
-        .send(vec![0, 1, 0xFF, 0xFF, 0xFF, 0xFF, 0x13, 0x37])
+        .send([&version[..], &[0xFF, 0xFF, 0xFF, 0xFF, 0x13, 0x37]].concat())
         .await
         .unwrap();
     let error = error_reply(&mut garbage).await;

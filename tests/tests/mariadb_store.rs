@@ -23,6 +23,8 @@ fn record(station: &str, path: &str, sha: u8, size: u64, at: i64, transfer: &str
         stored_as: format!("{station}/{path}"),
         received_at: at,
         transfer: transfer.into(),
+        latest: true,
+        previous: None,
     }
 }
 
@@ -110,8 +112,8 @@ async fn migrating_twice_or_concurrently_is_harmless() {
         .unwrap();
     a.migrate().await.unwrap();
     assert_eq!(
-        query(&db, "SELECT version FROM ferry_migrations").await,
-        vec![vec!["1".to_owned()]]
+        query(&db, "SELECT version FROM ferry_migrations ORDER BY version").await,
+        vec![vec!["1".to_owned()], vec!["2".to_owned()]]
     );
     assert_eq!(
         a.position().await.unwrap(),
@@ -506,4 +508,108 @@ async fn a_wrong_password_is_reported_as_access_denied() {
         assert!(error.contains("Access denied"), "{error}");
         assert!(!error.contains("not-the-password"), "{error}");
     }
+}
+
+/// The catalog schema version 1 as it shipped, before names were bytes.
+const SCHEMA_V1: &[&str] = &[
+    "CREATE TABLE ferry_migrations (version INT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL) ENGINE=InnoDB",
+    "CREATE TABLE stations (station VARCHAR(64) NOT NULL PRIMARY KEY, files BIGINT NOT NULL DEFAULT 0,
+        bytes BIGINT NOT NULL DEFAULT 0, last_backup BIGINT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    "CREATE TABLE files (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, station VARCHAR(64) NOT NULL,
+        path VARCHAR(4200) NOT NULL, path_hash BINARY(32) NOT NULL, size BIGINT NOT NULL,
+        mtime_ns BIGINT NOT NULL, sha256 BINARY(32) NOT NULL, stored_as VARCHAR(4400) NOT NULL,
+        received_at BIGINT NOT NULL, transfer VARCHAR(64) NOT NULL,
+        UNIQUE KEY files_identity (station, path_hash, sha256)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    "CREATE TABLE transfers (transfer VARCHAR(64) NOT NULL PRIMARY KEY, station VARCHAR(64) NOT NULL,
+        files BIGINT NOT NULL, bytes BIGINT NOT NULL, first_at BIGINT NOT NULL, last_at BIGINT NOT NULL)
+        ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    "CREATE TABLE applied (id TINYINT NOT NULL PRIMARY KEY, seq BIGINT NOT NULL) ENGINE=InnoDB",
+    "INSERT INTO applied (id, seq) VALUES (1, 3)",
+    "INSERT INTO ferry_migrations (version, applied_at) VALUES (1, 0)",
+    "INSERT INTO files (station, path, path_hash, size, mtime_ns, sha256, stored_as, received_at, transfer) VALUES
+        ('s1', 'data/é.bin', UNHEX(SHA2('data/é.bin', 256)), 1, 1, UNHEX(REPEAT('01', 32)), 's1/data/é.bin', 1, 't'),
+        ('s1', 'data/é.bin', UNHEX(SHA2('data/é.bin', 256)), 2, 1, UNHEX(REPEAT('02', 32)), 's1/data/é.020202020202.bin', 2, 't'),
+        ('s1', 'data/b', UNHEX(SHA2('data/b', 256)), 3, 1, UNHEX(REPEAT('03', 32)), 's1/data/b', 3, 't')",
+];
+
+#[tokio::test]
+async fn a_version_1_catalog_migrates_to_names_as_bytes_and_versions() {
+    let db = MariaDb::start().await.unwrap();
+    let mut conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&db.root_url()).unwrap())
+        .await
+        .unwrap();
+    for sql in SCHEMA_V1 {
+        conn.query_drop(*sql).await.unwrap();
+    }
+    conn.disconnect().await.unwrap();
+    let store = store(&db, "primary").await;
+    // Every row has its bytes (the UTF-8 of its text path); the newest
+    // version of each path is the latest.
+    assert_eq!(
+        query(
+            &db,
+            "SELECT path, HEX(path_bytes), size, latest FROM files ORDER BY id"
+        )
+        .await,
+        vec![
+            vec![
+                "data/é.bin".to_owned(),
+                "646174612FC3A92E62696E".to_owned(),
+                "1".to_owned(),
+                "0".to_owned()
+            ],
+            vec![
+                "data/é.bin".to_owned(),
+                "646174612FC3A92E62696E".to_owned(),
+                "2".to_owned(),
+                "1".to_owned()
+            ],
+            vec![
+                "data/b".to_owned(),
+                "646174612F62".to_owned(),
+                "3".to_owned(),
+                "1".to_owned()
+            ],
+        ]
+    );
+    // New rows: a Latin-1 name beside its UTF-8 look-alike, and a version
+    // of b that takes the plain name.
+    let latin1 = record("s1", "data/\\xe9.bin", 4, 4, 4, "t2");
+    let mut b2 = record("s1", "data/b", 5, 5, 5, "t2");
+    b2.stored_as = "s1/data/b".into();
+    b2.previous = Some(ferry_collector::journal::Previous {
+        sha256: [3; 32],
+        stored_as: "s1/data/b.030303030303".into(),
+    });
+    let batch = vec![(4, latin1), (5, b2)];
+    store.apply(batch.clone()).await.unwrap();
+    store.apply(batch).await.unwrap();
+    assert_eq!(
+        query(
+            &db,
+            "SELECT path, HEX(path_bytes), stored_as, latest FROM files WHERE id > 2 ORDER BY size"
+        )
+        .await,
+        vec![
+            vec![
+                "data/b".to_owned(),
+                "646174612F62".to_owned(),
+                "s1/data/b.030303030303".to_owned(),
+                "0".to_owned()
+            ],
+            vec![
+                "data/\\xe9.bin".to_owned(),
+                "646174612FE92E62696E".to_owned(),
+                "s1/data/\\xe9.bin".to_owned(),
+                "1".to_owned()
+            ],
+            vec![
+                "data/b".to_owned(),
+                "646174612F62".to_owned(),
+                "s1/data/b".to_owned(),
+                "1".to_owned()
+            ],
+        ]
+    );
+    assert_eq!(store.rows().await.unwrap().len(), 5);
 }

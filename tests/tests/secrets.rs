@@ -183,7 +183,7 @@ async fn a_password_of_special_characters_connects_when_percent_encoded() {
         for statement in [
             format!("CREATE DATABASE {database}"),
             format!("CREATE USER '{user}'@'%' IDENTIFIED BY '{quoted}'"),
-            format!("GRANT SELECT, INSERT, UPDATE, CREATE ON {database}.* TO '{user}'@'%'"),
+            format!("GRANT SELECT, INSERT, UPDATE, CREATE, ALTER ON {database}.* TO '{user}'@'%'"),
         ] {
             root.query_drop(statement).await.unwrap();
         }

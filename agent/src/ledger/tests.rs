@@ -340,6 +340,38 @@ fn failed_files_wait_for_their_retry_time_and_show_in_errors() {
 }
 
 #[test]
+fn a_file_refused_for_good_is_not_offered_again_until_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = open(&dir);
+    ledger
+        .observe("data", &rel("a\\b.bin"), id(10, 1, 1), t(0))
+        .unwrap();
+    let refused = ledger.due(10, t(1)).unwrap().remove(0);
+    ledger.mark_sending(&[refused.key]).unwrap();
+    assert!(
+        ledger
+            .mark_refused(refused.key, "path refused: backslash", t(2))
+            .unwrap()
+    );
+    // Never due again as it is, even long after, even after a restart.
+    assert!(due_names(&ledger, t(1_000_000)).is_empty());
+    drop(ledger);
+    let mut ledger = open(&dir);
+    assert!(due_names(&ledger, t(1_000_000)).is_empty());
+    let summary = ledger.due_summary().unwrap();
+    assert_eq!((summary.files, summary.refused), (1, 1));
+    let errors = ledger.recent_errors(10).unwrap();
+    assert!(errors[0].permanent, "{errors:?}");
+    assert_eq!(errors[0].retry_at, None);
+    // New content may succeed: due at once.
+    ledger
+        .observe("data", &rel("a\\b.bin"), id(11, 2, 1), t(3))
+        .unwrap();
+    assert_eq!(due_names(&ledger, t(3)), ["data:a\\b.bin"]);
+    assert_eq!(ledger.due_summary().unwrap().refused, 0);
+}
+
+#[test]
 fn due_files_come_oldest_first_and_respect_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let mut ledger = open(&dir);

@@ -60,18 +60,27 @@ const ER_ACCESS_DENIED: u16 = 1045;
 /// How long `migrate` waits for another collector's migration.
 const MIGRATE_LOCK_SECS: u32 = 30;
 
+/// One statement of a schema step.
+enum Statement {
+    /// Run as it is; must be idempotent.
+    Sql(&'static str),
+    /// `ALTER TABLE <table> ADD COLUMN <column> <definition>` unless the
+    /// column exists (MySQL has no `ADD COLUMN IF NOT EXISTS`).
+    AddColumn(&'static str, &'static str, &'static str),
+}
+
 /// Versioned schema steps; each statement is idempotent, because MySQL
 /// commits DDL implicitly and a step cut short is run again.
-const SCHEMA: &[&[&str]] = &[
+const SCHEMA: &[&[Statement]] = &[
     // Version 1.
     &[
-        "CREATE TABLE IF NOT EXISTS stations (
+        Statement::Sql("CREATE TABLE IF NOT EXISTS stations (
             station VARCHAR(64) NOT NULL PRIMARY KEY,
             files BIGINT NOT NULL DEFAULT 0,
             bytes BIGINT NOT NULL DEFAULT 0,
             last_backup BIGINT NULL
-        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS files (
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"),
+        Statement::Sql("CREATE TABLE IF NOT EXISTS files (
             id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
             station VARCHAR(64) NOT NULL,
             path VARCHAR(4200) NOT NULL,
@@ -83,20 +92,38 @@ const SCHEMA: &[&[&str]] = &[
             received_at BIGINT NOT NULL,
             transfer VARCHAR(64) NOT NULL,
             UNIQUE KEY files_identity (station, path_hash, sha256)
-        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS transfers (
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"),
+        Statement::Sql("CREATE TABLE IF NOT EXISTS transfers (
             transfer VARCHAR(64) NOT NULL PRIMARY KEY,
             station VARCHAR(64) NOT NULL,
             files BIGINT NOT NULL,
             bytes BIGINT NOT NULL,
             first_at BIGINT NOT NULL,
             last_at BIGINT NOT NULL
-        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS applied (
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"),
+        Statement::Sql("CREATE TABLE IF NOT EXISTS applied (
             id TINYINT NOT NULL PRIMARY KEY,
             seq BIGINT NOT NULL
-        ) ENGINE=InnoDB",
-        "INSERT IGNORE INTO applied (id, seq) VALUES (1, 0)",
+        ) ENGINE=InnoDB"),
+        Statement::Sql("INSERT IGNORE INTO applied (id, seq) VALUES (1, 0)"),
+    ],
+    // Version 2: names are bytes, and versions. `path` holds the text form
+    // of the path (up to four characters per byte, hence TEXT; rows written
+    // before were UTF-8 without backslashes, their own text form),
+    // `path_bytes` its exact bytes; `latest` marks the newest version of
+    // each path.
+    &[
+        Statement::AddColumn("files", "path_bytes", "VARBINARY(4096) NULL"),
+        Statement::AddColumn("files", "latest", "TINYINT NOT NULL DEFAULT 0"),
+        Statement::Sql("ALTER TABLE files MODIFY path TEXT NOT NULL"),
+        Statement::Sql("ALTER TABLE files MODIFY stored_as TEXT NOT NULL"),
+        Statement::Sql(
+            "UPDATE files SET path_bytes = CAST(path AS BINARY) WHERE path_bytes IS NULL",
+        ),
+        Statement::Sql(
+            "UPDATE files AS f JOIN (SELECT MAX(id) AS id FROM files GROUP BY station, path_hash) AS m
+               ON f.id = m.id SET f.latest = 1",
+        ),
     ],
 ];
 
@@ -316,6 +343,23 @@ impl CatalogStore for MySqlStore {
             let mut tx = conn.start_transaction(TxOpts::default()).await?;
             let inserted = insert_missing(&mut tx, &rows, &self.fresh).await?;
             add_counters(&mut tx, &inserted).await?;
+            // Earlier versions (rare): no longer the latest, and where the
+            // record says, in journal order.
+            for (_, r) in &records {
+                if let Some(previous) = &r.previous {
+                    tx.exec_drop(
+                        "UPDATE files SET latest = 0, stored_as = ?
+                         WHERE station = ? AND path_hash = ? AND sha256 = ?",
+                        (
+                            previous.stored_as.as_str(),
+                            r.station.as_str(),
+                            path_hash(&r.path).to_vec(),
+                            previous.sha256.to_vec(),
+                        ),
+                    )
+                    .await?;
+                }
+            }
             tx.exec_drop(
                 "UPDATE applied SET seq = GREATEST(seq, ?) WHERE id = 1",
                 (last as i64,),
@@ -332,7 +376,7 @@ impl CatalogStore for MySqlStore {
         self.timed("reading rows", async {
             let raw: Vec<Row> = conn
                 .query(
-                    "SELECT station, path, size, mtime_ns, sha256, stored_as, received_at, transfer FROM files",
+                    "SELECT station, path, size, mtime_ns, sha256, stored_as, received_at, transfer, latest FROM files",
                 )
                 .await?;
             let mut rows = raw.into_iter().map(read_row).collect::<Result<Vec<_>, _>>()?;
@@ -400,7 +444,7 @@ impl CatalogStore for MySqlStore {
         self.timed("reading rows", async {
             let raw: Vec<Row> = conn
                 .exec(
-                    "SELECT id, station, path, size, mtime_ns, sha256, stored_as, received_at, transfer
+                    "SELECT id, station, path, size, mtime_ns, sha256, stored_as, received_at, transfer, latest
                      FROM files WHERE id > ? ORDER BY id LIMIT ?",
                     (after, limit as u64),
                 )
@@ -467,10 +511,9 @@ impl<'a> Keyed<'a> {
         let mut seen = HashSet::new();
         records
             .filter(|r| seen.insert((r.station.as_str(), r.path.as_str(), r.sha256)))
-            .map(|record| {
-                let mut path_hash = [0u8; 32];
-                path_hash.copy_from_slice(digest(&SHA256, record.path.as_bytes()).as_ref());
-                Keyed { record, path_hash }
+            .map(|record| Keyed {
+                record,
+                path_hash: path_hash(&record.path),
             })
             .collect()
     }
@@ -482,8 +525,15 @@ impl<'a> Keyed<'a> {
     /// Rough size of the row's parameters.
     fn weight(&self) -> usize {
         let r = self.record;
-        r.station.len() + r.path.len() + r.stored_as.len() + r.transfer.len() + 120
+        r.station.len() + 2 * r.path.len() + r.stored_as.len() + r.transfer.len() + 130
     }
+}
+
+/// The SHA-256 of a path's text form, which the unique key holds.
+fn path_hash(path: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, path.as_bytes()).as_ref());
+    out
 }
 
 async fn migrate_locked(conn: &mut Conn) -> Result<(), Failure> {
@@ -506,7 +556,24 @@ async fn migrate_locked(conn: &mut Conn) -> Result<(), Failure> {
     }
     for (i, step) in SCHEMA.iter().enumerate().skip(version.max(0) as usize) {
         for statement in *step {
-            conn.query_drop(*statement).await?;
+            match statement {
+                Statement::Sql(sql) => conn.query_drop(*sql).await?,
+                Statement::AddColumn(table, column, definition) => {
+                    let present: Option<i64> = conn
+                        .exec_first(
+                            "SELECT COUNT(*) FROM information_schema.COLUMNS
+                             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+                            (*table, *column),
+                        )
+                        .await?;
+                    if present.unwrap_or(0) == 0 {
+                        conn.query_drop(format!(
+                            "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+                        ))
+                        .await?;
+                    }
+                }
+            }
         }
         conn.exec_drop(
             "INSERT IGNORE INTO ferry_migrations (version, applied_at) VALUES (?, ?)",
@@ -582,14 +649,14 @@ async fn insert_missing<'a, 'r>(
 async fn insert_files(tx: &mut Transaction<'_>, rows: &[&Keyed<'_>]) -> Result<u64, Failure> {
     let mut sql = String::with_capacity(200 + rows.len() * 20);
     sql.push_str(
-        "INSERT INTO files (station, path, path_hash, size, mtime_ns, sha256, stored_as, received_at, transfer) VALUES ",
+        "INSERT INTO files (station, path, path_hash, size, mtime_ns, sha256, stored_as, received_at, transfer, path_bytes, latest) VALUES ",
     );
-    let mut params = Vec::with_capacity(rows.len() * 9);
+    let mut params = Vec::with_capacity(rows.len() * 11);
     for (i, k) in rows.iter().enumerate() {
         sql.push_str(if i == 0 {
-            "(?,?,?,?,?,?,?,?,?)"
+            "(?,?,?,?,?,?,?,?,?,?,?)"
         } else {
-            ",(?,?,?,?,?,?,?,?,?)"
+            ",(?,?,?,?,?,?,?,?,?,?,?)"
         });
         let r = k.record;
         params.extend([
@@ -602,6 +669,8 @@ async fn insert_files(tx: &mut Transaction<'_>, rows: &[&Keyed<'_>]) -> Result<u
             Value::from(r.stored_as.as_str()),
             Value::Int(r.received_at),
             Value::from(r.transfer.as_str()),
+            Value::Bytes(r.path_bytes()),
+            Value::Int(i64::from(r.latest)),
         ]);
     }
     sql.push_str(" ON DUPLICATE KEY UPDATE id = id");
@@ -724,8 +793,8 @@ fn read_row(mut row: Row) -> Result<CatalogRow, Failure> {
     read_record(&mut row, 0)
 }
 
-/// A record from columns `first..first + 8` (station, path, size,
-/// mtime_ns, sha256, stored_as, received_at, transfer).
+/// A record from columns `first..first + 9` (station, path, size,
+/// mtime_ns, sha256, stored_as, received_at, transfer, latest).
 fn read_record(row: &mut Row, first: usize) -> Result<CatalogRow, Failure> {
     Ok(Record {
         station: take(row, first, "station")?,
@@ -736,6 +805,8 @@ fn read_record(row: &mut Row, first: usize) -> Result<CatalogRow, Failure> {
         stored_as: take(row, first + 5, "stored_as")?,
         received_at: take(row, first + 6, "received_at")?,
         transfer: take(row, first + 7, "transfer")?,
+        latest: take::<i64>(row, first + 8, "latest")? != 0,
+        previous: None,
     })
 }
 
@@ -953,6 +1024,8 @@ mod tests {
             stored_as: path.into(),
             received_at: 1,
             transfer: "t".into(),
+            latest: true,
+            previous: None,
         };
         let records = [
             record("a", 1, 10),
