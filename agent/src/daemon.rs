@@ -395,7 +395,7 @@ fn rescan(
         match tokio::task::block_in_place(|| lock(ledger).sweep(&root.name, started)) {
             Ok(vanished) => {
                 for v in vanished {
-                    warn!(root = %v.root, path = %v.rel_path.display(), "file vanished before it was backed up");
+                    warn!(root = %v.root, path = %name::encode(v.rel_path.as_os_str().as_bytes()), "file vanished before it was backed up");
                 }
             }
             Err(error) => {
@@ -612,7 +612,7 @@ fn handle(
             };
             match tokio::task::block_in_place(|| lock(ledger).vanished(&root.name, rel)) {
                 Ok(Some(v)) => {
-                    warn!(root = %v.root, path = %v.rel_path.display(), "file vanished before it was backed up");
+                    warn!(root = %v.root, path = %name::encode(v.rel_path.as_os_str().as_bytes()), "file vanished before it was backed up");
                     due_changed.mark();
                 }
                 Ok(None) => {}

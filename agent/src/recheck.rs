@@ -12,6 +12,7 @@
 //! blocking thread, the ledger locked only to read a page or record a
 //! change.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -93,7 +94,7 @@ fn pass(
                 match lock(ledger).content_changed(file.key, SystemTime::now()) {
                     Ok(true) => {
                         found += 1;
-                        info!(root = %file.root, path = %file.rel_path.display(), "content changed behind unchanged metadata; due again");
+                        info!(root = %file.root, path = %ferry_common::name::encode(file.rel_path.as_os_str().as_bytes()), "content changed behind unchanged metadata; due again");
                     }
                     Ok(false) => {}
                     Err(error) => warn!(%error, "ledger update failed"),

@@ -41,7 +41,7 @@ async fn send(
         std::fs::write(dir.join(&name), &content).unwrap();
         let file = OutgoingFile {
             root: "data".into(),
-            rel_path: name.clone(),
+            rel_path: name.clone().into_bytes(),
             abs_path: dir.join(&name),
             size: content.len() as u64,
             mtime_ns: 1,

@@ -123,6 +123,8 @@ async fn reconcile_dry_run_says_what_it_would_copy() {
                     stored_as: format!("s1/data/{i}.bin"),
                     received_at: 1,
                     transfer: "t".into(),
+                    latest: true,
+                    previous: None,
                 },
             )
         })
