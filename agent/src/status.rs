@@ -324,7 +324,7 @@ pub fn text(r: &Report) -> String {
         };
         let _ = writeln!(
             out,
-            "indexerD import: at {}: {} due imported, {} not found, {} refused; {history}",
+            "indexerD:       imported at {}: {} due, {} not found, {} lines refused; {history}",
             when(i.at),
             i.imported,
             i.not_found,

@@ -167,7 +167,7 @@ async fn indexerd_nul_lines_import_and_its_backup_done_is_not_sent_again() {
     }
     let text = status_text(&agent);
     assert!(
-        text.contains("indexerD import:") && text.contains("2 already copied"),
+        text.contains("indexerD:       imported at") && text.contains("2 already copied"),
         "{text}"
     );
     // Each refused line is logged with its reason.
