@@ -5,8 +5,11 @@
 //! names ([`ferry_common::name`]), which is reversible: two paths never share
 //! a key. A row missing on one side is copied from the other, as it is
 //! (where it is stored, whether it is the latest); a key present on both
-//! sides with different contents (also a `stored_as` or `latest` one side
-//! has not caught up with) is a conflict, reported and never overwritten.
+//! sides with different contents is a conflict, reported and never
+//! overwritten, with one exception: a row one side shows no longer the
+//! latest (a newer version was applied there and moved it) while the other
+//! still shows it latest is repaired on that other side, since a version
+//! only ever stops being the latest.
 
 use std::collections::BTreeMap;
 
@@ -88,7 +91,20 @@ fn digests(rows: &BTreeMap<Key, Record>) -> BTreeMap<String, (u64, String)> {
         .collect()
 }
 
-/// Compares both catalogs and, unless `dry_run`, copies missing rows each way.
+/// Whether `row` is `other` after a newer version of its path moved it:
+/// no longer the latest, everything else but where it is stored the same.
+fn superseded(row: &Record, other: &Record) -> bool {
+    !row.latest
+        && other.latest
+        && Record {
+            stored_as: other.stored_as.clone(),
+            latest: true,
+            ..row.clone()
+        } == *other
+}
+
+/// Compares both catalogs and, unless `dry_run`, copies missing rows each way
+/// (and moves a version the other catalog saw superseded).
 pub async fn reconcile<P: CatalogStore, B: CatalogStore>(
     primary: &P,
     backup: &B,
@@ -104,6 +120,10 @@ pub async fn reconcile<P: CatalogStore, B: CatalogStore>(
     for (key, row) in &p {
         match b.get(key) {
             None => to_backup.push(row.clone()),
+            // One side applied a newer version of the path, whose record
+            // the other no longer gets: it learns the move.
+            Some(other) if superseded(row, other) => to_backup.push(row.clone()),
+            Some(other) if superseded(other, row) => to_primary.push(other.clone()),
             Some(other) if other != row => report.conflicts.push(format!(
                 "{} {} {}: primary {:?} / backup {:?}",
                 key.0,
@@ -220,5 +240,34 @@ mod tests {
         assert_eq!(report.conflicts.len(), 1);
         assert!(!report.identical());
         assert_eq!(backup.rows().await.unwrap()[0].size, 99);
+    }
+
+    #[tokio::test]
+    async fn a_catalog_that_missed_a_move_learns_it_from_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let primary = SqliteStore::new("primary", &dir.path().join("p.sqlite"));
+        let backup = SqliteStore::new("backup", &dir.path().join("b.sqlite"));
+        primary.migrate().await.unwrap();
+        backup.migrate().await.unwrap();
+        let first = record("s1", "a", 1);
+        let mut second = record("s1", "a", 2);
+        second.previous = Some(crate::journal::Previous {
+            sha256: [1; 32],
+            stored_as: "s1/a.010101010101".into(),
+        });
+        primary
+            .apply(vec![(1, first.clone()), (2, second)])
+            .await
+            .unwrap();
+        // The backup has only the first version, still as the latest.
+        backup.apply(vec![(1, first)]).await.unwrap();
+        let report = reconcile(&primary, &backup, false).await.unwrap();
+        assert!(report.conflicts.is_empty(), "{report:#?}");
+        assert_eq!(report.repaired_backup, 2, "one row added, one moved");
+        assert!(report.identical(), "{report:#?}");
+        assert_eq!(primary.rows().await.unwrap(), backup.rows().await.unwrap());
+        // Never the other way: a latest row does not undo a move.
+        let again = reconcile(&primary, &backup, false).await.unwrap();
+        assert_eq!((again.repaired_primary, again.repaired_backup), (0, 0));
     }
 }

@@ -67,7 +67,9 @@ pub trait CatalogStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Every file row, ordered by station, path, hash.
     fn rows(&self) -> impl Future<Output = Result<Vec<CatalogRow>, StoreError>> + Send;
-    /// Inserts rows that are missing (repair); returns how many were new.
+    /// Inserts rows that are missing (repair), and marks present rows no
+    /// longer latest (with their new `stored_as`) where the given row says
+    /// so; returns how many rows it inserted or changed.
     fn insert_rows(
         &self,
         rows: Vec<CatalogRow>,
@@ -296,6 +298,24 @@ fn apply_sqlite(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<
     insert_sqlite(tx, r)
 }
 
+/// Repair of a present row from a row of the other catalog that is no
+/// longer the latest of its path (a newer version was applied there, and
+/// the record that said so is gone from the journal): this one stops being
+/// the latest too and takes that row's `stored_as`. Versions only ever stop
+/// being the latest, so this never undoes a move. Whether it changed.
+fn supersede_sqlite(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<bool> {
+    if r.latest {
+        return Ok(false);
+    }
+    let changed = tx
+        .prepare_cached(
+            "UPDATE files SET latest = 0, stored_as = ?4
+             WHERE station = ?1 AND path = ?2 AND sha256 = ?3 AND latest = 1",
+        )?
+        .execute(params![r.station, r.path, &r.sha256[..], r.stored_as])?;
+    Ok(changed == 1)
+}
+
 /// Inserts a row as it is, unless present; moves the counters if it was new.
 fn insert_sqlite(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<bool> {
     let inserted = tx
@@ -406,7 +426,9 @@ impl CatalogStore for SqliteStore {
             let tx = conn.transaction().map_err(err)?;
             let mut added = 0;
             for row in &rows {
-                added += u64::from(insert_sqlite(&tx, row).map_err(err)?);
+                let changed = insert_sqlite(&tx, row).map_err(err)?
+                    || supersede_sqlite(&tx, row).map_err(err)?;
+                added += u64::from(changed);
             }
             tx.commit().map_err(err)?;
             Ok(added)

@@ -613,3 +613,45 @@ async fn a_version_1_catalog_migrates_to_names_as_bytes_and_versions() {
     );
     assert_eq!(store.rows().await.unwrap().len(), 5);
 }
+
+#[tokio::test]
+async fn a_repair_moves_a_version_the_other_catalog_saw_superseded() {
+    let db = MariaDb::start().await.unwrap();
+    let store = store(&db, "backup").await;
+    store
+        .apply(vec![(1, record("s1", "data/a", 1, 1, 1, "t"))])
+        .await
+        .unwrap();
+    // What the primary holds after a second version took the plain name.
+    let mut first = record("s1", "data/a", 1, 1, 1, "t");
+    first.latest = false;
+    first.stored_as = "s1/data/a.010101010101".into();
+    let second = record("s1", "data/a", 2, 2, 2, "t");
+    assert_eq!(
+        store
+            .insert_rows(vec![first.clone(), second.clone()])
+            .await
+            .unwrap(),
+        2,
+        "one row added, one moved"
+    );
+    let mut rows = store.rows().await.unwrap();
+    rows.sort_by_key(|r| r.sha256);
+    assert_eq!(rows, vec![first.clone(), second]);
+    // A row still marked latest never undoes the move.
+    assert_eq!(
+        store
+            .insert_rows(vec![record("s1", "data/a", 1, 1, 1, "t")])
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        !store
+            .rows()
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.sha256 == [1; 32] && r.latest)
+    );
+}

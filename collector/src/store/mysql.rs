@@ -397,8 +397,29 @@ impl CatalogStore for MySqlStore {
             let mut tx = conn.start_transaction(TxOpts::default()).await?;
             let inserted = insert_missing(&mut tx, &rows, &self.fresh).await?;
             add_counters(&mut tx, &inserted).await?;
+            // Present rows that the other catalog has seen superseded
+            // (rare): versions only ever stop being the latest.
+            let new: HashSet<_> = inserted.iter().map(|k| k.key()).collect();
+            let mut superseded = 0;
+            for k in rows
+                .iter()
+                .filter(|k| !k.record.latest && !new.contains(&k.key()))
+            {
+                tx.exec_drop(
+                    "UPDATE files SET latest = 0, stored_as = ?
+                     WHERE station = ? AND path_hash = ? AND sha256 = ? AND latest = 1",
+                    (
+                        k.record.stored_as.as_str(),
+                        k.record.station.as_str(),
+                        k.path_hash.to_vec(),
+                        k.record.sha256.to_vec(),
+                    ),
+                )
+                .await?;
+                superseded += tx.affected_rows();
+            }
             tx.commit().await?;
-            Ok(inserted.len() as u64)
+            Ok(inserted.len() as u64 + superseded)
         })
         .await
     }
