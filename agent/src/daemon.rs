@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use ferry_common::backoff::Backoff;
-use ferry_common::link::{ClientLink, ClientLinkConfig};
+use ferry_common::link::{ClientLink, ClientLinkConfig, LinkError};
 use ferry_common::name;
 use ferry_common::protocol::Outcome;
 use ferry_common::readiness::Notifier;
@@ -710,6 +710,7 @@ async fn send_due(
         config: link_config,
         backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
         next: tokio::time::Instant::now(),
+        revoked_logged: false,
     };
     // Whatever the list on disk holds, it is checked against the ledger.
     let mut due_list = DueList::stale();
@@ -1086,12 +1087,19 @@ fn busy_ids(in_flight: Option<&Pending>, settling: &Settling) -> std::collection
         .collect()
 }
 
+/// Time between connection attempts while the collector refuses this
+/// station as revoked: only an operator can lift a revocation, so quick
+/// retries would only fill both logs.
+pub const REVOKED_RETRY: Duration = Duration::from_secs(600);
+
 /// Connection attempts to the collector, spaced by a backoff after failures.
 struct Dialer {
     config: ClientLinkConfig,
     backoff: Backoff,
     /// When the next attempt may be made.
     next: tokio::time::Instant,
+    /// Whether the revocation now in force was logged (once per spell).
+    revoked_logged: bool,
 }
 
 impl Dialer {
@@ -1108,17 +1116,38 @@ impl Dialer {
                 info!(collector = %l.addr, "connected");
                 metrics.set_connected(true);
                 state.connected = true;
+                state.revoked = false;
                 state.collector = Some(l.addr.clone());
                 state.last_error = None;
                 self.backoff.reset();
+                self.revoked_logged = false;
                 Some(l)
+            }
+            Err(error) if error.is_revoked() => {
+                metrics.error(ErrorKind::Connect);
+                if !self.revoked_logged {
+                    warn!(
+                        %error,
+                        retry = ?REVOKED_RETRY,
+                        "this station is revoked: the collector refuses it until an operator lifts the revocation"
+                    );
+                    self.revoked_logged = true;
+                } else {
+                    debug!(%error, "still revoked");
+                }
+                state.connected = false;
+                state.revoked = true;
+                state.last_error = Some(error.to_string());
+                self.next = tokio::time::Instant::now() + REVOKED_RETRY;
+                None
             }
             Err(error) => {
                 metrics.error(ErrorKind::Connect);
                 let delay = self.backoff.next_delay();
                 debug!(?delay, "collector unreachable; retrying later");
                 state.connected = false;
-                state.last_error = Some(error);
+                state.revoked = false;
+                state.last_error = Some(error.to_string());
                 self.next = tokio::time::Instant::now() + delay;
                 None
             }
@@ -1128,15 +1157,17 @@ impl Dialer {
     }
 }
 
-/// One attempt at each collector endpoint in turn.
-async fn connect_once(config: &ClientLinkConfig) -> Result<ClientLink, String> {
-    let mut last = String::from("no collector endpoint configured");
+/// One attempt at each collector endpoint in turn; a collector that
+/// refuses the station as revoked ends the round (the caller logs that).
+async fn connect_once(config: &ClientLinkConfig) -> Result<ClientLink, LinkError> {
+    let mut last = LinkError::Closed("no collector endpoint configured".to_owned());
     for addr in &config.endpoints {
         match ClientLink::connect(config, addr).await {
             Ok(link) => return Ok(link),
+            Err(error) if error.is_revoked() => return Err(error),
             Err(error) => {
                 warn!(%addr, %error, "collector unreachable");
-                last = error.to_string();
+                last = error;
             }
         }
     }

@@ -198,13 +198,22 @@ fn run(settings: config::Settings) -> anyhow::Result<()> {
         let stopping = readiness.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
-            if let (Ok(mut term), Ok(mut int)) = (
+            if let (Ok(mut term), Ok(mut int), Ok(mut hangup)) = (
                 signal(SignalKind::terminate()),
                 signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
             ) {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+                loop {
+                    tokio::select! {
+                        _ = term.recv() => break,
+                        _ = int.recv() => break,
+                        // SIGHUP's default action would end the agent. It
+                        // has nothing to reload: a changed agent.toml
+                        // takes effect at the next start.
+                        _ = hangup.recv() => tracing::info!(
+                            "SIGHUP ignored: the agent reloads nothing; restart it to apply a changed configuration"
+                        ),
+                    }
                 }
                 tracing::info!("stopping");
                 stopping.stopping();

@@ -19,6 +19,9 @@ use crate::watch::{Held, RootWatch};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkState {
     pub connected: bool,
+    /// The collector refuses this station as revoked (the daemon retries
+    /// only every [`crate::daemon::REVOKED_RETRY`]).
+    pub revoked: bool,
     pub collector: Option<String>,
     pub last_error: Option<String>,
     pub last_ack: Option<SystemTime>,
@@ -45,6 +48,9 @@ fn one_line(s: &str) -> String {
 /// state file is informational.
 pub fn write(path: &Path, state: &LinkState) {
     let mut text = format!("connected={}\n", state.connected);
+    if state.revoked {
+        text.push_str("revoked=true\n");
+    }
     if let Some(c) = &state.collector {
         let _ = writeln!(text, "collector={}", one_line(c));
     }
@@ -75,6 +81,7 @@ pub fn read(path: &Path) -> LinkState {
         };
         match key {
             "connected" => state.connected = value == "true",
+            "revoked" => state.revoked = value == "true",
             "collector" => state.collector = Some(value.to_owned()),
             "last_error" => state.last_error = Some(value.to_owned()),
             "last_ack" => {
@@ -181,6 +188,8 @@ pub struct Report {
     pub last_ack: Option<SystemTime>,
     pub halt_flag: Option<String>,
     pub collector_connected: bool,
+    /// The collector refuses this station as revoked.
+    pub revoked: bool,
     pub collector: Option<String>,
     pub last_error: Option<String>,
     /// Recent file errors: path (text form of names), error, attempts and
@@ -233,6 +242,7 @@ pub fn report(settings: &Settings) -> Result<Report, StatusError> {
         last_ack: ledger.last_ack()?.or(state.last_ack),
         halt_flag: holder,
         collector_connected: state.connected,
+        revoked: state.revoked,
         collector: state.collector,
         last_error: state.last_error,
         recent_errors,
@@ -268,8 +278,12 @@ pub fn text(r: &Report) -> String {
         "halt flag:      {}",
         r.halt_flag.as_deref().unwrap_or("not raised")
     );
+    let retry = crate::daemon::REVOKED_RETRY.as_secs() / 60;
     let link = match (&r.collector, r.collector_connected) {
         (Some(c), true) => format!("connected to {c}"),
+        (_, false) if r.revoked => {
+            format!("revoked: the collector refuses this station (retried every {retry} minutes)")
+        }
         (_, false) => "not connected".to_owned(),
         (None, true) => "connected".to_owned(),
     };
@@ -415,7 +429,7 @@ pub fn json(r: &Report) -> String {
         },
     );
     format!(
-        "{{\"due_files\":{},\"due_bytes\":{},\"oldest_due\":{},\"failing\":{},\"refused_files\":{},\"last_ack\":{},\"halt_flag\":{},\"collector_connected\":{},\"collector\":{},\"last_error\":{},\"recent_errors\":[{}],{watch},\"legacy_import\":{legacy_import}}}\n",
+        "{{\"due_files\":{},\"due_bytes\":{},\"oldest_due\":{},\"failing\":{},\"refused_files\":{},\"last_ack\":{},\"halt_flag\":{},\"collector_connected\":{},\"revoked\":{},\"collector\":{},\"last_error\":{},\"recent_errors\":[{}],{watch},\"legacy_import\":{legacy_import}}}\n",
         r.due_files,
         r.due_bytes,
         json_time(r.oldest_due),
@@ -424,6 +438,7 @@ pub fn json(r: &Report) -> String {
         json_time(r.last_ack),
         json::string_or_null(r.halt_flag.as_deref()),
         r.collector_connected,
+        r.revoked,
         json::string_or_null(r.collector.as_deref()),
         json::string_or_null(r.last_error.as_deref()),
         errors.join(",")
@@ -440,6 +455,7 @@ mod tests {
         let path = state_path(dir.path());
         let state = LinkState {
             connected: true,
+            revoked: true,
             collector: Some("c:1".into()),
             last_error: Some("two\nlines".into()),
             last_ack: Some(UNIX_EPOCH + Duration::from_secs(42)),

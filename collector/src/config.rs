@@ -3,13 +3,13 @@
 //!
 //! Relative paths are taken relative to the directory of the config file.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferry_common::codec::MAX_FRAME;
 use ferry_common::metrics::{MetricsSettings, RawMetrics};
+use ferry_common::revocation::Revoked;
 use serde::Deserialize;
 
 use crate::store::mysql::redact;
@@ -34,10 +34,16 @@ struct RawConfig {
     /// (for disks where a write's latency is long, such as spinning ones).
     #[serde(default = "default_direct_io_min_bytes")]
     direct_io_min_bytes: u64,
-    /// Station ids or certificate SHA-256 fingerprints refused although
-    /// their certificates verify.
+    /// Station ids or certificate SHA-256 fingerprints (64 hex digits, any
+    /// case, with or without `:`, `-` or space separators) refused although
+    /// their certificates verify. Reloadable.
     #[serde(default)]
     revoked: Vec<String>,
+    /// The log filter (`tracing` directives such as "info" or
+    /// "info,ferry_common::bridge=debug"). When set, it is used instead of
+    /// `$FERRY_LOG`; when left out, `$FERRY_LOG` (default "info") is.
+    /// Reloadable.
+    log_filter: Option<String>,
     /// TLS material.
     tls: RawTls,
     /// Catalog databases.
@@ -170,14 +176,18 @@ impl std::fmt::Debug for CatalogUrl {
 }
 
 /// The validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub listen: SocketAddr,
     pub repository: PathBuf,
     pub state_dir: PathBuf,
     /// Smallest file staged with direct I/O; `None`: none is.
     pub direct_io_min: Option<u64>,
-    pub revoked: HashSet<String>,
+    /// Refused stations and certificates (reloadable).
+    pub revoked: Revoked,
+    /// The configured log filter, checked; `None`: `$FERRY_LOG` decides
+    /// (reloadable).
+    pub log_filter: Option<String>,
     pub tls_ca: PathBuf,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
@@ -212,6 +222,60 @@ pub enum ConfigError {
         key: &'static str,
         message: String,
     },
+}
+
+/// The keys a reload applies to the running collector.
+pub const RELOADABLE: [&str; 2] = ["revoked", "log_filter"];
+
+/// The keys whose values differ between `old` and `new`, in file order
+/// (a table stands for all its keys).
+pub fn changed_keys(old: &Settings, new: &Settings) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let mut check = |key: &'static str, differs: bool| {
+        if differs {
+            keys.push(key);
+        }
+    };
+    check("listen", old.listen != new.listen);
+    check("repository", old.repository != new.repository);
+    check("state_dir", old.state_dir != new.state_dir);
+    check(
+        "direct_io_min_bytes",
+        old.direct_io_min != new.direct_io_min,
+    );
+    check("revoked", old.revoked != new.revoked);
+    check("log_filter", old.log_filter != new.log_filter);
+    check(
+        "tls",
+        (&old.tls_ca, &old.tls_cert, &old.tls_key) != (&new.tls_ca, &new.tls_cert, &new.tls_key),
+    );
+    check(
+        "catalog",
+        (&old.primary, &old.backup) != (&new.primary, &new.backup),
+    );
+    check(
+        "limits",
+        (
+            old.max_sessions,
+            old.window,
+            old.max_chunk,
+            old.max_frame,
+            old.heartbeat,
+            old.handshake_timeout,
+            old.reserve,
+        ) != (
+            new.max_sessions,
+            new.window,
+            new.max_chunk,
+            new.max_frame,
+            new.heartbeat,
+            new.handshake_timeout,
+            new.reserve,
+        ),
+    );
+    check("http", old.http_listen != new.http_listen);
+    check("metrics", old.metrics != new.metrics);
+    keys
 }
 
 /// Reads and validates the configuration file at `path`.
@@ -351,12 +415,22 @@ pub fn parse(text: &str, origin: &Path) -> Result<Settings, ConfigError> {
             "is http.listen, which serves /metrics already; leave metrics.listen out".into(),
         ));
     }
+    let revoked = Revoked::parse(&raw.revoked).map_err(|e| invalid("revoked", e.to_string()))?;
+    let log_filter = match raw.log_filter {
+        Some(filter) => {
+            ferry_common::logging::check_filter(&filter)
+                .map_err(|message| invalid("log_filter", message))?;
+            Some(filter)
+        }
+        None => None,
+    };
     Ok(Settings {
         listen,
         repository: resolve(&raw.repository),
         state_dir,
         direct_io_min: (raw.direct_io_min_bytes > 0).then_some(raw.direct_io_min_bytes),
-        revoked: raw.revoked.into_iter().collect(),
+        revoked,
+        log_filter,
         tls_ca: resolve(&raw.tls.ca),
         tls_cert: resolve(&raw.tls.cert),
         tls_key: resolve(&raw.tls.key),
@@ -451,6 +525,51 @@ mod tests {
             !shown.contains("s3cret") && shown.contains("ferry:***@db1"),
             "{shown}"
         );
+    }
+
+    /// Issue 19: `--check` accepted any string in `revoked`, so a mistyped
+    /// entry revoked nothing without a word.
+    #[test]
+    fn a_revoked_entry_that_is_neither_a_station_nor_a_fingerprint_is_refused() {
+        let err = parse(
+            &minimal("revoked = [\"s1\", \"AB:CD:not-a-print\"]"),
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("c.toml: revoked: ") && err.contains("\"AB:CD:not-a-print\""),
+            "{err}"
+        );
+        let hex = "ab".repeat(32);
+        let s = parse(
+            &minimal(&format!("revoked = [\"s1\", \"{hex}\"]")),
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(s.revoked, Revoked::parse(["s1", hex.as_str()]).unwrap());
+    }
+
+    #[test]
+    fn a_log_filter_is_checked_and_a_reload_names_what_changed() {
+        let origin = Path::new("c.toml");
+        let err = parse(&minimal("log_filter = \"ferry=loud\""), origin)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c.toml: log_filter: "), "{err}");
+        let old = parse(&minimal(""), origin).unwrap();
+        assert_eq!(old.log_filter, None);
+        let new = parse(
+            &minimal("log_filter = \"debug\"\nrevoked = [\"s1\"]\n[limits]\nmax_sessions = 5"),
+            origin,
+        )
+        .unwrap();
+        assert_eq!(new.log_filter.as_deref(), Some("debug"));
+        assert_eq!(
+            changed_keys(&old, &new),
+            ["revoked", "log_filter", "limits"]
+        );
+        assert!(changed_keys(&old, &old).is_empty());
     }
 
     #[test]

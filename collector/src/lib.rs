@@ -21,7 +21,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ferry_common::link::{ServerLink, ServerLinkConfig};
+use ferry_common::link::{Revoker, ServerLink, ServerLinkConfig};
+use ferry_common::revocation::RevocationList;
+use ferry_common::station::StationId;
 use ferry_common::tls::{self, TlsMaterial};
 use ferry_common::zmtp::Limits;
 use tokio::sync::{Notify, watch};
@@ -69,6 +71,22 @@ pub struct Collector {
     stop: watch::Sender<bool>,
     appliers: Vec<watch::Receiver<ApplierState>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The settings in force (a reload replaces the reloadable ones).
+    settings: Settings,
+    revoker: Revoker,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Changed keys now in force.
+    pub applied: Vec<&'static str>,
+    /// Changed keys that take effect only at the next start.
+    pub need_restart: Vec<&'static str>,
+    /// Entries newly revoked, in normal form.
+    pub revoked: Vec<String>,
+    /// Stations disconnected because they are now revoked.
+    pub disconnected: Vec<StationId>,
 }
 
 impl Collector {
@@ -103,6 +121,38 @@ impl Collector {
         self.appliers.iter().map(|s| s.borrow().clone()).collect()
     }
 
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Applies the reloadable parts of `new` (`revoked`: refused from now
+    /// on, and revoked stations connected now are told so and
+    /// disconnected; `log_filter` is the caller's, which owns the logging)
+    /// and reports what changed and what waits for a restart.
+    pub async fn reload(&mut self, new: Settings) -> Reloaded {
+        let changed = config::changed_keys(&self.settings, &new);
+        let (applied, need_restart): (Vec<_>, Vec<_>) = changed
+            .into_iter()
+            .partition(|key| config::RELOADABLE.contains(key));
+        let mut reloaded = Reloaded {
+            applied,
+            need_restart,
+            ..Reloaded::default()
+        };
+        if reloaded.applied.contains(&"revoked") {
+            reloaded.revoked = new.revoked.added_since(&self.settings.revoked);
+            reloaded.disconnected = self.revoker.apply(new.revoked.clone()).await;
+            for _ in &reloaded.disconnected {
+                self.metrics
+                    .error(ferry_common::protocol::ErrorCode::Revoked);
+            }
+            self.settings.revoked = new.revoked;
+        }
+        self.settings.log_filter = new.log_filter;
+        reloaded
+    }
+
     /// Stops accepting, ends sessions and appliers, and waits for them.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
@@ -124,6 +174,7 @@ pub async fn start(settings: Settings) -> Result<Collector, StartError> {
     let repository = Repository::open(&settings.repository, &state_dir.join("staging"))?
         .with_direct_io(settings.direct_io_min);
     let journal_path = state_dir.join("journal.sqlite");
+    let revoked = RevocationList::new(settings.revoked.clone());
     let journal = Journal::open(&journal_path)?;
     journal.register(&CATALOGS)?;
     // Bind the monitoring listeners first: a taken port fails the start
@@ -164,7 +215,7 @@ pub async fn start(settings: Settings) -> Result<Collector, StartError> {
     }
     let link = ServerLink::bind(ServerLinkConfig {
         listen: settings.listen,
-        tls: tls::server_config(&material)?,
+        tls: tls::server_config_revoking(&material, revoked.clone())?,
         runtime_dir: state_dir.join("run"),
         limits: Limits {
             max_frame: settings.max_frame,
@@ -172,9 +223,10 @@ pub async fn start(settings: Settings) -> Result<Collector, StartError> {
             max_parts: 4,
         },
         handshake_timeout: settings.handshake_timeout,
-        revoked: settings.revoked.clone(),
+        revoked,
     })
     .await?;
+    let revoker = link.revoker();
     let local_addr = link.local_addr();
     let monitor = Monitor::new(
         Journal::open(&journal_path)?,
@@ -251,6 +303,8 @@ pub async fn start(settings: Settings) -> Result<Collector, StartError> {
         stop,
         appliers,
         tasks,
+        settings,
+        revoker,
     })
 }
 

@@ -169,14 +169,15 @@ fn parse_admin(command: &str, parser: &mut lexopt::Parser) -> Result<Option<Admi
 }
 
 fn run_admin(admin: Admin) -> ExitCode {
-    ferry_common::logging::init();
     let settings = match ferry_collector::config::load(&admin.config) {
         Ok(settings) => settings,
         Err(error) => {
+            ferry_common::logging::init();
             eprintln!("ferry-collector: {error}");
             return ExitCode::from(2);
         }
     };
+    let log_filter = ferry_common::logging::init_with(settings.log_filter.as_deref());
     if admin.check {
         let material = ferry_common::tls::TlsMaterial::from_files(
             &settings.tls_ca,
@@ -212,7 +213,7 @@ fn run_admin(admin: Admin) -> ExitCode {
     };
     let result: anyhow::Result<()> = runtime.block_on(async {
         match admin.command.as_str() {
-            "run" => run(settings).await?,
+            "run" => run(settings, &admin.config, log_filter).await?,
             "status" => {
                 let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
                 let status =
@@ -250,11 +251,20 @@ fn run_admin(admin: Admin) -> ExitCode {
     }
 }
 
-/// Runs the collector until SIGTERM or SIGINT, telling a service manager
-/// (systemd `Type=notify`) when it serves and when it stops.
-async fn run(settings: ferry_collector::config::Settings) -> anyhow::Result<()> {
+/// Runs the collector until SIGTERM or SIGINT, reloading the config file
+/// on SIGHUP, and telling a service manager (systemd `Type=notify`) when it
+/// serves, reloads and stops.
+async fn run(
+    settings: ferry_collector::config::Settings,
+    config: &std::path::Path,
+    log_filter: ferry_common::logging::LogFilter,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let notifier = ferry_common::readiness::Notifier::from_env();
-    let collector = ferry_collector::start(settings).await?;
+    // Installed before anything else runs: SIGHUP's default action ends
+    // the process.
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut collector = ferry_collector::start(settings).await?;
     // The station listener is bound and the journal and catalogs' appliers
     // are open: stations can be served.
     notifier.ready(&format!("accepting stations on {}", collector.local_addr()));
@@ -264,12 +274,71 @@ async fn run(settings: ferry_collector::config::Settings) -> anyhow::Result<()> 
         move || metrics.summary(),
         collector.stopping(),
     ));
-    shutdown_signal().await;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(()) = hangup.recv() => {
+                notifier.notify(&reloading());
+                reload(&mut collector, config, &log_filter).await;
+                notifier.ready(&format!("accepting stations on {}", collector.local_addr()));
+            }
+        }
+    }
     notifier.stopping();
     collector.stop().await;
     let _ = keep_alive.await;
     tracing::info!("collector stopped");
     Ok(())
+}
+
+/// The `RELOADING=1` notification, with the `MONOTONIC_USEC=` systemd
+/// wants beside it.
+fn reloading() -> String {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let usec = u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000
+        + u64::try_from(now.tv_nsec).unwrap_or(0) / 1000;
+    format!("RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading the configuration")
+}
+
+/// Re-reads the config file and applies its reloadable keys (`revoked`,
+/// `log_filter`); an invalid file is logged and the running settings kept.
+async fn reload(
+    collector: &mut ferry_collector::Collector,
+    config: &std::path::Path,
+    log_filter: &ferry_common::logging::LogFilter,
+) {
+    tracing::info!(config = %config.display(), "SIGHUP: reloading the configuration");
+    let settings = match ferry_collector::config::load(config) {
+        Ok(settings) => settings,
+        Err(error) => {
+            tracing::error!(%error, "reload refused: the configuration is invalid; the running one is kept");
+            return;
+        }
+    };
+    let filter = settings.log_filter.clone();
+    let reloaded = collector.reload(settings).await;
+    if reloaded.applied.contains(&"log_filter") {
+        let effective = log_filter.set(filter.as_deref());
+        tracing::info!(filter = %effective, "log filter in force");
+    }
+    for station in &reloaded.disconnected {
+        tracing::warn!(%station, "station revoked: disconnected");
+    }
+    if !reloaded.need_restart.is_empty() {
+        tracing::warn!(
+            keys = %reloaded.need_restart.join(", "),
+            "changed keys not reloadable: they take effect at the next restart"
+        );
+    }
+    let revoked = collector.settings().revoked.clone();
+    tracing::info!(
+        changed = %if reloaded.applied.is_empty() { "nothing reloadable".to_owned() } else { reloaded.applied.join(", ") },
+        newly_revoked = %reloaded.revoked.join(", "),
+        revoked_entries = revoked.len(),
+        "configuration reloaded"
+    );
 }
 
 /// Resolves on SIGTERM or SIGINT.

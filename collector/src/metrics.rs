@@ -9,7 +9,7 @@ use ferry_common::metrics::{Exposition, Kind};
 use ferry_common::protocol::ErrorCode;
 
 /// Every error code, in the order of [`Metrics::errors`].
-const ERROR_CODES: [ErrorCode; 10] = [
+const ERROR_CODES: [ErrorCode; 11] = [
     ErrorCode::UnsupportedVersion,
     ErrorCode::Malformed,
     ErrorCode::TooLarge,
@@ -20,6 +20,7 @@ const ERROR_CODES: [ErrorCode; 10] = [
     ErrorCode::DiskFull,
     ErrorCode::Busy,
     ErrorCode::Internal,
+    ErrorCode::Revoked,
 ];
 
 /// The `kind` label of an error code.
@@ -35,6 +36,7 @@ pub fn error_kind(code: ErrorCode) -> &'static str {
         ErrorCode::DiskFull => "disk_full",
         ErrorCode::Busy => "busy",
         ErrorCode::Internal => "internal",
+        ErrorCode::Revoked => "revoked",
     }
 }
 
@@ -350,7 +352,7 @@ mod tests {
         assert!(render(&m, &readings).contains("\nferry_collector_sessions 0\n"));
         assert_eq!(
             ERROR_CODES.map(error_index),
-            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
             "every code has its own counter"
         );
     }

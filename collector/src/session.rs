@@ -120,21 +120,26 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
             }
             continue;
         }
+        // A connection without a session gets one answer: a Welcome, or an
+        // error and the end of the connection (after the error has left).
         let Message::Hello(hello) = message else {
             let error = ErrorFrame::new(
                 ErrorCode::UnexpectedMessage,
                 "the session starts with Hello",
             );
+            warn!(station = %peer.station, %error, "hello refused; disconnecting");
             shared.metrics.error(error.code);
             let _ = sender.send(&peer, Message::Error(error)).await;
+            link.disconnect_later(&peer, Duration::from_millis(50));
             continue;
         };
         let version = match admit_hello(&peer, &hello) {
             Ok(version) => version,
             Err(error) => {
-                warn!(station = %peer.station, %error, "hello refused");
+                warn!(station = %peer.station, %error, "hello refused; disconnecting");
                 shared.metrics.error(error.code);
                 let _ = sender.send(&peer, Message::Error(error)).await;
+                link.disconnect_later(&peer, Duration::from_millis(50));
                 continue;
             }
         };
@@ -152,6 +157,7 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
             let error = ErrorFrame::new(ErrorCode::Busy, "collector at its session limit");
             shared.metrics.error(error.code);
             let _ = sender.send(&peer, Message::Error(error)).await;
+            link.disconnect_later(&peer, Duration::from_millis(50));
             continue;
         }
         let (tx, rx) = mpsc::unbounded_channel();
@@ -189,6 +195,7 @@ pub async fn serve(mut link: ServerLink, shared: Arc<Shared>, mut shutdown: watc
             }
             .instrument(span),
         );
+        link.admitted(&peer);
         sessions.insert(
             peer.identity.clone(),
             SessionHandle {

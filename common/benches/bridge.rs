@@ -425,6 +425,7 @@ async fn ferry_server(mut link: ServerLink) {
             }
             Message::Hello(hello) => match admit_hello(&peer, &hello) {
                 Ok(version) => {
+                    link.admitted(&peer);
                     received.insert(peer.identity.clone(), 0);
                     Message::Welcome(Welcome {
                         version,

@@ -15,6 +15,7 @@ pub mod name;
 pub mod pki;
 pub mod protocol;
 pub mod readiness;
+pub mod revocation;
 pub mod station;
 pub mod tls;
 pub mod zmtp;

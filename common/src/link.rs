@@ -8,7 +8,6 @@
 //! pings an idle session and declares it dead after three silent intervals
 //! or as soon as its TLS connection closes; the server answers pings.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +27,7 @@ use crate::codec::{self, CodecError, Frame};
 use crate::protocol::{
     ErrorCode, ErrorFrame, Hello, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, Ping, Welcome,
 };
+use crate::revocation::{RevocationList, Revoked};
 use crate::station::StationId;
 use crate::zmtp::Limits;
 
@@ -47,12 +47,38 @@ pub enum LinkError {
     NoWelcome { addr: String, what: String },
     #[error("no Welcome from {addr} within {after:?}")]
     WelcomeTimeout { addr: String, after: Duration },
+    #[error(
+        "collector {addr} chose protocol version {version}, which this agent did not offer ({min}..={max})"
+    )]
+    VersionNotOffered {
+        addr: String,
+        version: u16,
+        min: u16,
+        max: u16,
+    },
+    #[error("collector {addr} refuses this station: {reason}")]
+    Revoked { addr: String, reason: String },
     #[error("cannot bind {what}: {reason}")]
     Bind { what: String, reason: String },
     #[error("session closed: {0}")]
     Closed(String),
     #[error(transparent)]
     Codec(#[from] CodecError),
+}
+
+impl LinkError {
+    /// Whether the collector refused the station as revoked (retrying soon
+    /// cannot help; only an operator can lift it).
+    pub fn is_revoked(&self) -> bool {
+        match self {
+            LinkError::Revoked { .. } => true,
+            LinkError::Refused { error, .. } => error.code == ErrorCode::Revoked,
+            LinkError::Bridge(BridgeError::Handshake { source, .. }) => {
+                bridge::is_revoked_alert(source)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// How a station reaches its collector.
@@ -146,10 +172,20 @@ impl ClientLink {
             })?)
             .connect_timeout(remaining(deadline));
         let mut dealer = zeromq::DealerSocket::with_options(options);
-        let zmq_failed = |reason: String, tunnel: &Tunnel| LinkError::Zmq {
-            addr: addr.into(),
+        let zmq_failed = |reason: String, tunnel: &Tunnel| {
             // The tunnel knows better why (e.g. a TLS alert from the collector).
-            reason: tunnel.closed.borrow().clone().unwrap_or(reason),
+            let reason = tunnel.closed.borrow().clone().unwrap_or(reason);
+            if tunnel.revoked() {
+                LinkError::Revoked {
+                    addr: addr.into(),
+                    reason,
+                }
+            } else {
+                LinkError::Zmq {
+                    addr: addr.into(),
+                    reason,
+                }
+            }
         };
         if let Err(e) = dealer.connect(&tunnel.endpoint).await {
             // Give the tunnel a moment to record why the collector hung up.
@@ -178,6 +214,12 @@ impl ClientLink {
         };
         let welcome = match decode_single(reply)?.message {
             Message::Welcome(welcome) => welcome,
+            Message::Error(error) if error.code == ErrorCode::Revoked => {
+                return Err(LinkError::Revoked {
+                    addr: addr.into(),
+                    reason: error.to_string(),
+                });
+            }
             Message::Error(error) => {
                 return Err(LinkError::Refused {
                     addr: addr.into(),
@@ -191,6 +233,16 @@ impl ClientLink {
                 });
             }
         };
+        // The collector picks from the range this agent offered; anything
+        // else would mean speaking a protocol this build does not know.
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&welcome.version) {
+            return Err(LinkError::VersionNotOffered {
+                addr: addr.into(),
+                version: welcome.version,
+                min: MIN_PROTOCOL_VERSION,
+                max: PROTOCOL_VERSION,
+            });
+        }
         let heartbeat = match welcome.heartbeat_ms {
             0 => config.heartbeat,
             ms => Duration::from_millis(u64::from(ms)),
@@ -375,6 +427,12 @@ async fn client_loop(
                 };
                 match frame.message {
                     Message::Pong(_) => {}
+                    Message::Error(error) if error.code == ErrorCode::Revoked => {
+                        // The connection ends next; this says why, whatever
+                        // the agent was waiting for (its next connection
+                        // attempt learns it again, from the handshake).
+                        return format!("the collector refuses this station: {error}");
+                    }
                     Message::Ping(ping) => {
                         let pong = codec::encode(&Message::Pong(ping)).unwrap_or_default();
                         if let Err(e) = send_half.send(ZmqMessage::from(pong)).await {
@@ -419,10 +477,12 @@ pub struct ServerLinkConfig {
     pub runtime_dir: PathBuf,
     /// Frame limits enforced at the bridge.
     pub limits: Limits,
-    /// Time a new connection gets for its TLS and ZMTP handshakes.
+    /// Time a new connection gets for its TLS and ZMTP handshakes, and
+    /// then for its `Hello` to be accepted ([`ServerLink::admitted`]).
     pub handshake_timeout: Duration,
-    /// Refused station ids and certificate fingerprints.
-    pub revoked: HashSet<String>,
+    /// Refused stations and certificates; the same list as the TLS
+    /// settings' verifier, when they have one.
+    pub revoked: RevocationList,
 }
 
 impl ServerLinkConfig {
@@ -458,6 +518,7 @@ pub struct ServerLink {
     rx: mpsc::Receiver<Incoming>,
     sender: ServerSender,
     connections: Connections,
+    revoked: RevocationList,
     stop: Option<oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _dir: PrivateDir,
@@ -503,6 +564,7 @@ impl ServerLink {
             what: config.listen.to_string(),
             reason: e.to_string(),
         })?;
+        let revoked = config.revoked.clone();
         let gateway = Arc::new(GatewayConfig {
             tls: config.tls,
             limits: config.limits,
@@ -528,6 +590,7 @@ impl ServerLink {
             rx,
             sender: ServerSender { tx },
             connections,
+            revoked,
             stop: Some(stop),
             tasks: vec![gateway_task, router_task],
             _dir: dir,
@@ -563,6 +626,22 @@ impl ServerLink {
             tokio::time::sleep(delay).await;
             connections.disconnect(&identity);
         });
+    }
+
+    /// Marks `peer` as past its `Hello`, so the gateway's deadline for the
+    /// `Hello` no longer ends its connection.
+    pub fn admitted(&self, peer: &Peer) {
+        self.connections.admitted(&peer.identity);
+    }
+
+    /// A handle that puts new revocations in force (a reload), usable
+    /// after the link is handed to the task serving it.
+    pub fn revoker(&self) -> Revoker {
+        Revoker {
+            revoked: self.revoked.clone(),
+            connections: self.connections.clone(),
+            sender: self.sender.clone(),
+        }
     }
 
     /// Ends the bridge connection carrying `identity`.
@@ -603,6 +682,46 @@ impl Drop for ServerLink {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+/// Time a revoked station's `Error` frame gets to leave before its
+/// connection is ended.
+const REVOKED_GRACE: Duration = Duration::from_millis(500);
+
+/// Puts revocations in force on a running [`ServerLink`].
+#[derive(Debug, Clone)]
+pub struct Revoker {
+    revoked: RevocationList,
+    connections: Connections,
+    sender: ServerSender,
+}
+
+impl Revoker {
+    /// Refuses `revoked` from now on: new handshakes of a revoked station
+    /// or certificate fail with `certificate_revoked`, and each such
+    /// station connected now is sent an `Error` (`Revoked`) and
+    /// disconnected half a second later. Returns the stations disconnected.
+    pub async fn apply(&self, revoked: Revoked) -> Vec<StationId> {
+        let connected = self.connections.revoked_by(&revoked);
+        self.revoked.set(revoked);
+        let mut stations = Vec::new();
+        for (identity, station) in connected {
+            let peer = Peer {
+                station: station.clone(),
+                identity: Bytes::from(identity.clone()),
+            };
+            let error =
+                ErrorFrame::new(ErrorCode::Revoked, format!("station {station} is revoked"));
+            let _ = self.sender.send(&peer, Message::Error(error)).await;
+            let connections = self.connections.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(REVOKED_GRACE).await;
+                connections.disconnect_revoked(&identity);
+            });
+            stations.push(station);
+        }
+        stations
     }
 }
 

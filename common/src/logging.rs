@@ -1,29 +1,94 @@
-//! The daemons' log set-up: `tracing` lines on stderr, filtered by
-//! `$FERRY_LOG` (default `info`), coloured only on a terminal, and shaped
-//! for the systemd journal when stderr is one (no timestamp of our own, a
-//! `<N>` syslog priority prefix so `journalctl -p warning` works); and how
-//! an error is printed with its causes.
+//! The daemons' log set-up: `tracing` lines on stderr, filtered by a
+//! configured filter or else `$FERRY_LOG` (default `info`), coloured only on
+//! a terminal, and shaped for the systemd journal when stderr is one (no
+//! timestamp of our own, a `<N>` syslog priority prefix so `journalctl -p
+//! warning` works); the filter can be replaced while running (a reload);
+//! and how an error is printed with its causes.
 
 use std::io::{self, IsTerminal};
 
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Registry, reload};
 
-/// Installs the global subscriber (once; later calls do nothing).
+/// The filter used when neither a configured filter nor `$FERRY_LOG` is.
+pub const DEFAULT_FILTER: &str = "info";
+
+/// Installs the global subscriber (once; later calls do nothing), filtered
+/// by `$FERRY_LOG`.
 pub fn init() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    init_with(None);
+}
+
+/// Installs the global subscriber filtered by `configured` when given, by
+/// `$FERRY_LOG` otherwise (default `info`); the handle replaces the filter
+/// later. A second call installs nothing and returns a handle that does
+/// nothing.
+pub fn init_with(configured: Option<&str>) -> LogFilter {
+    let (filter, handle) = reload::Layer::new(effective_filter(configured).1);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(io::stderr)
         .with_ansi(io::stderr().is_terminal());
-    if stderr_is_journal() {
+    let installed = if stderr_is_journal() {
         let format = tracing_subscriber::fmt::format().without_time();
-        let _ = builder.event_format(Priority(format)).try_init();
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt.event_format(Priority(format)))
+            .try_init()
     } else {
-        let _ = builder.try_init();
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt)
+            .try_init()
+    };
+    LogFilter {
+        handle: installed.is_ok().then_some(handle),
+    }
+}
+
+/// Checks a filter's syntax (`tracing` directives), saying what is wrong.
+pub fn check_filter(text: &str) -> Result<(), String> {
+    EnvFilter::builder()
+        .parse(text)
+        .map(|_| ())
+        .map_err(|e| format!("{text:?} is not a log filter: {e}"))
+}
+
+/// The filter in force for `configured`, as text and parsed: `configured`,
+/// else `$FERRY_LOG` when it parses, else [`DEFAULT_FILTER`].
+fn effective_filter(configured: Option<&str>) -> (String, EnvFilter) {
+    let candidates = configured
+        .map(str::to_owned)
+        .into_iter()
+        .chain(std::env::var("FERRY_LOG").ok());
+    for text in candidates {
+        if let Ok(filter) = EnvFilter::builder().parse(&text) {
+            return (text, filter);
+        }
+    }
+    (DEFAULT_FILTER.to_owned(), EnvFilter::new(DEFAULT_FILTER))
+}
+
+/// Replaces the log filter of the running process.
+#[derive(Debug, Clone)]
+pub struct LogFilter {
+    handle: Option<reload::Handle<EnvFilter, Registry>>,
+}
+
+impl LogFilter {
+    /// Puts the filter for `configured` in force (as [`init_with`] picks
+    /// it) and returns it as text.
+    pub fn set(&self, configured: Option<&str>) -> String {
+        let (text, filter) = effective_filter(configured);
+        if let Some(handle) = &self.handle {
+            let _ = handle.reload(filter);
+        }
+        text
     }
 }
 

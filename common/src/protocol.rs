@@ -323,6 +323,11 @@ pub enum ErrorCode {
     Busy,
     /// Something failed inside the collector; retry later.
     Internal,
+    /// The station is revoked: the collector refuses it until an operator
+    /// lifts the revocation. Sent before a revoked station's connection is
+    /// ended (new since the first release, at the end so that earlier codes
+    /// keep their encoding).
+    Revoked,
 }
 
 impl ErrorCode {
@@ -348,6 +353,7 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::DiskFull => "disk full",
             ErrorCode::Busy => "busy",
             ErrorCode::Internal => "internal error",
+            ErrorCode::Revoked => "station revoked",
         };
         f.write_str(name)
     }

@@ -9,6 +9,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
+use crate::revocation::{RevocationList, RevokingVerifier};
+
 /// ALPN protocol id of Ferry's ZMQ-over-TLS channel.
 pub const ALPN: &[u8] = b"ferry-zmtp/1";
 
@@ -117,14 +119,30 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Server side: TLS 1.3 only, a client certificate signed by the CA required.
 pub fn server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier =
+    server_config_revoking(material, RevocationList::default())
+}
+
+/// [`server_config`] that also refuses, during the handshake and with a
+/// `certificate_revoked` alert, every certificate `revoked` holds at that
+/// moment (the list can change while the configuration is in use).
+pub fn server_config_revoking(
+    material: &TlsMaterial,
+    revoked: RevocationList,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let webpki =
         WebPkiClientVerifier::builder_with_provider(Arc::new(material.roots()?), provider())
             .build()?;
+    let verifier = Arc::new(RevokingVerifier::new(webpki, revoked));
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(material.chain.clone(), material.key.clone_key())?;
     config.alpn_protocols = vec![ALPN.to_vec()];
+    // No session resumption: a resumed session skips the client
+    // certificate's verification, and so a revocation put in force since
+    // the session began. A reconnect costs one full handshake.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 

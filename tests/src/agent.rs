@@ -124,6 +124,22 @@ impl TestAgent {
         std::fs::read_to_string(self.log_path(self.launches)).unwrap_or_default()
     }
 
+    /// SIGHUP to the agent process.
+    pub fn hangup(&self) -> anyhow::Result<()> {
+        match &self.process {
+            Some(p) => p.hangup(),
+            None => anyhow::bail!("no ferry-agent process"),
+        }
+    }
+
+    /// What `ferry-agent status` prints (its human-readable form).
+    pub fn status_text(&self) -> anyhow::Result<String> {
+        let bin = process::binary("ferry-agent")?;
+        let config = self.config_path.to_string_lossy().into_owned();
+        let output = process::run(&bin, &["status", "--config", &config])?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(|p| p.child.id())

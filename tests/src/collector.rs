@@ -177,6 +177,22 @@ impl TestCollector {
         }
     }
 
+    /// SIGHUP to the collector process: it reloads its config file.
+    pub fn hangup(&self) -> anyhow::Result<()> {
+        match &self.process {
+            Some(p) => p.hangup(),
+            None => anyhow::bail!("no ferry-collector process"),
+        }
+    }
+
+    /// Writes `text` as a top-level key (before any table) into the config
+    /// file, for a reload; `settings` is left as it is.
+    pub fn set_top_level(&self, text: &str) -> anyhow::Result<()> {
+        let config = std::fs::read_to_string(&self.config_path)?;
+        std::fs::write(&self.config_path, format!("{text}\n{config}"))?;
+        Ok(())
+    }
+
     /// SIGTERM to the collector process and wait for a clean exit.
     pub fn terminate(&mut self) -> anyhow::Result<()> {
         if let Some(mut p) = self.process.take() {

@@ -105,6 +105,14 @@ impl Process {
         let _ = self.child.wait();
     }
 
+    /// SIGHUP (a reload, for the collector), without waiting.
+    pub fn hangup(&self) -> anyhow::Result<()> {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-HUP", &pid]).status()?;
+        anyhow::ensure!(status.success(), "kill -HUP {pid} failed");
+        Ok(())
+    }
+
     /// SIGTERM, then wait up to `timeout` for it to exit; its exit status.
     pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
         let pid = self.child.id().to_string();

@@ -136,6 +136,7 @@ async fn serve(mut link: ServerLink, seen: Arc<Mutex<Seen>>, heartbeat: Duration
             let reply = match &message {
                 Message::Hello(hello) => match admit_hello(&peer, hello) {
                     Ok(version) => {
+                        link.admitted(&peer);
                         sessions.insert(peer.identity.clone(), HashMap::new());
                         seen.lock()
                             .unwrap_or_else(|p| p.into_inner())

@@ -216,7 +216,8 @@ async fn a_revoked_station_is_refused_by_id_or_fingerprint() {
     collector
         .append_config(&format!("[metrics]\nlisten = \"{metrics_port}\""))
         .unwrap();
-    collector.settings.revoked = ["banned".to_owned(), fingerprint].into_iter().collect();
+    collector.settings.revoked =
+        ferry_common::revocation::Revoked::parse(["banned", fingerprint.as_str()]).unwrap();
     let endpoint = collector.start().await.unwrap();
     let refusals = || async {
         let samples = ferry_tests::http::metrics(metrics_port).await.unwrap();
