@@ -102,8 +102,9 @@ pub struct Import {
 pub struct RefusedLine {
     /// 1-based line number.
     pub line: usize,
-    /// The line's first 200 bytes for the warning, ASCII with every other
-    /// byte escaped (`\x00` for a NUL).
+    /// The line's first 200 bytes for the warning, in the text form of
+    /// names (`ferry_common::name`), with control characters escaped the
+    /// same way (`\x00` for a NUL) so that none is invisible.
     pub text: String,
     /// Why it was refused.
     pub reason: Refusal,
@@ -453,9 +454,24 @@ fn refused(line: usize, text: &[u8], reason: Refusal) -> Line {
     let shown = &text[..text.len().min(200)];
     Line::Refused(RefusedLine {
         line,
-        text: shown.escape_ascii().to_string(),
+        text: visible(shown),
         reason,
     })
+}
+
+/// `bytes` in the text form of names, with control characters written
+/// `\xhh` too: for a person to read (a NUL in the form of names would be
+/// invisible), not to decode.
+fn visible(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for c in ferry_common::name::encode(bytes).chars() {
+        if c.is_ascii_control() {
+            out.push_str(&format!("\\x{:02x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn bytes(path: &Path) -> &[u8] {

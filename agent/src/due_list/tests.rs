@@ -387,6 +387,9 @@ fn nul_bytes_outside_indexerds_form_are_refused_with_the_line_shown() {
         ]
     );
     assert_eq!(import.refused[0].text, "/a\\x00b\\x00");
+    // Refused lines are shown in the text form of names, NULs visible.
+    let import = parse_due_backup(&b"caf\xe9 \xc3\xa9\\\0\t\n"[..]).unwrap();
+    assert_eq!(import.refused[0].text, "caf\\xe9 \u{e9}\\\\\\x00\\x09");
     assert_eq!(Refusal::from_key(Refusal::Nul.key()), Some(Refusal::Nul));
 }
 
