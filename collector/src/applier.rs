@@ -11,7 +11,11 @@
 //! an empty database, or restored from an old dump. Before applying
 //! anything, the applier copies it every row of the other catalog it lacks
 //! (a page at a time, idempotently, so a backfill cut short is simply done
-//! again), then moves its position to the pruned one.
+//! again), then moves its position to the pruned one. The catalog's own
+//! position is read again before each batch and each idle second, so a
+//! catalog replaced while the collector runs is found as well; the
+//! journal's position for it is lowered to match, so it keeps what the
+//! catalog lacks and the lag shows it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,6 +74,18 @@ struct Reporter<'a> {
 impl Reporter<'_> {
     fn health(&self) -> CatalogHealth {
         self.state.borrow().health.clone()
+    }
+
+    /// Marks the catalog up (applying), unless it is already.
+    async fn up(&self) {
+        if self.health().state != CatalogState::Up {
+            let now = now_ms();
+            self.set(|h| {
+                h.state = CatalogState::Up;
+                h.since_ms = now;
+            })
+            .await;
+        }
     }
 
     async fn set(&self, change: impl FnOnce(&mut CatalogHealth)) {
@@ -194,26 +210,23 @@ async fn apply_all<S: CatalogStore>(
             "catalog outage ended; catching up"
         );
     }
-    let pruned = blocking(journal, |j| j.pruned_through()).await?;
-    if position < pruned {
-        position = backfill(store, other, reporter, position, pruned).await?;
-    }
-    let now = now_ms();
-    reporter.state.send_modify(|s| s.position = position);
-    if reporter.health().state != CatalogState::Up {
-        reporter
-            .set(|h| {
-                h.state = CatalogState::Up;
-                h.since_ms = now;
-            })
-            .await;
-    }
+    position = catch_up(store, other, reporter, position).await?;
+    reporter.up().await;
     loop {
         // Register interest before reading, so an append between the read
         // and the wait is not missed.
         let woken = wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
+        // The catalog's own position, read again before each batch and
+        // each idle second: a catalog replaced under the running collector
+        // (an empty database given its tables, another file) holds less.
+        let held = store.position().await.map_err(|e| e.to_string())?;
+        if held < position {
+            warn!(catalog = %name, expected = position, held, "catalog holds less than it had applied (replaced or restored?)");
+            position = catch_up(store, other, reporter, held).await?;
+            reporter.up().await;
+        }
         let records = blocking(journal, move |j| j.read_after(position, APPLY_BATCH)).await?;
         if records.is_empty() {
             let catalog = name.to_owned();
@@ -236,6 +249,33 @@ async fn apply_all<S: CatalogStore>(
         blocking(journal, move |j| j.applied(&catalog, position)).await?;
         reporter.state.send_modify(|s| s.position = position);
     }
+}
+
+/// Starts `store` again from `held`, the position it holds: the journal
+/// stops pruning what the catalog lacks, and when some of it was pruned
+/// already, the catalog is backfilled from `other`. Returns the position
+/// to apply after.
+async fn catch_up<S: CatalogStore>(
+    store: &S,
+    other: &S,
+    reporter: &Reporter<'_>,
+    held: u64,
+) -> Result<u64, String> {
+    let catalog = reporter.name.to_owned();
+    // Rewound before looking at what was pruned, so nothing beyond `held`
+    // is pruned in between.
+    let pruned = blocking(reporter.journal, move |j| {
+        j.rewind(&catalog, held)?;
+        j.pruned_through()
+    })
+    .await?;
+    let position = if held < pruned {
+        backfill(store, other, reporter, held, pruned).await?
+    } else {
+        held
+    };
+    reporter.state.send_modify(|s| s.position = position);
+    Ok(position)
 }
 
 /// Copies into `store` every row of `other` it lacks, then moves its

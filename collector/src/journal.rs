@@ -579,6 +579,19 @@ impl Journal {
         tx.commit().map_err(self.err())
     }
 
+    /// Lowers `catalog`'s position to `seq` when the catalog itself holds
+    /// less than the journal thought (it was replaced or restored): the
+    /// records it lacks are kept from now on, and its lag says so.
+    pub fn rewind(&self, catalog: &str, seq: u64) -> Result<(), JournalError> {
+        self.lock()
+            .execute(
+                "UPDATE positions SET seq = ?2 WHERE catalog = ?1 AND seq > ?2",
+                params![catalog, seq as i64],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
     /// Records `catalog` has not applied yet, per station.
     pub fn pending(&self, catalog: &str) -> Result<Vec<(String, u64)>, JournalError> {
         let conn = self.lock();

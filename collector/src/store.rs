@@ -214,8 +214,13 @@ const SQLITE_SCHEMA: &[&str] = &[
 pub struct SqliteStore {
     name: String,
     path: PathBuf,
-    conn: Arc<Mutex<Option<Connection>>>,
+    /// The open connection and the identity (device, inode) of the file
+    /// it opened: a file deleted or replaced under it is opened anew.
+    conn: Arc<Mutex<Option<Opened>>>,
 }
+
+/// A connection and the (device, inode) of the file it opened.
+type Opened = (Connection, (u64, u64));
 
 impl SqliteStore {
     /// A store for the SQLite file at `path`; nothing is opened until used.
@@ -243,17 +248,33 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard: MutexGuard<'_, Option<Connection>> =
+            let mut guard: MutexGuard<'_, Option<Opened>> =
                 this.conn.lock().unwrap_or_else(|p| p.into_inner());
+            let identity = || {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(&this.path)
+                    .ok()
+                    .map(|m| (m.dev(), m.ino()))
+            };
+            if guard
+                .as_ref()
+                .is_some_and(|(_, opened)| identity() != Some(*opened))
+            {
+                *guard = None;
+            }
             if guard.is_none() {
                 let conn = Connection::open(&this.path).map_err(this.err())?;
                 conn.execute_batch(
                     "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
                 )
                 .map_err(this.err())?;
-                *guard = Some(conn);
+                let opened = identity().ok_or_else(|| StoreError::Other {
+                    catalog: this.name.clone(),
+                    reason: format!("{} vanished as it was opened", this.path.display()),
+                })?;
+                *guard = Some((conn, opened));
             }
-            let conn = guard.as_mut().ok_or_else(|| StoreError::Other {
+            let (conn, _) = guard.as_mut().ok_or_else(|| StoreError::Other {
                 catalog: this.name.clone(),
                 reason: "connection lost".into(),
             })?;

@@ -197,10 +197,21 @@ async fn a_catalogs_second_outage_is_logged_and_status_shows_it() {
     let mut s = start(&primary.url(), "sqlite://backup.sqlite").await;
     send(&mut s.link, &mut s.flow, &s.dir, "before", 3, 0).await;
     s.collector.settled_rows(3).await.unwrap();
+    until(
+        "the journal knows the primary applied everything",
+        async || {
+            let cli = s.cli(&["status", "--json"]);
+            catalog_object(&cli, "primary")
+                .filter(|o| o.contains("\"state\":\"up\"") && o.contains("\"lag\":0"))
+                .map(|_| ())
+                .ok_or(cli)
+        },
+    )
+    .await;
     let http_addr = s.http_addr();
     for outage in 1..=2usize {
         primary.kill9();
-        // The applier only notices when it has something to apply.
+        // Two records wait for the primary while it is down.
         send(
             &mut s.link,
             &mut s.flow,
@@ -300,20 +311,36 @@ fn mariadb_password() -> &'static str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_rebuilt_empty_after_pruning_is_backfilled_from_the_primary() {
-    backup_emptied_after_pruning_is_backfilled(true).await;
+    backup_emptied_after_pruning_is_backfilled(Replace::RestartServer).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_database_recreated_under_a_running_collector_is_backfilled() {
-    backup_emptied_after_pruning_is_backfilled(false).await;
+    backup_emptied_after_pruning_is_backfilled(Replace::Recreate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_database_recreated_and_migrated_under_a_running_collector_is_backfilled() {
+    backup_emptied_after_pruning_is_backfilled(Replace::RecreateAndMigrate).await;
+}
+
+/// How the backup's database is replaced by an empty one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    /// Dropped and created again, and the server restarted (rebuilt).
+    RestartServer,
+    /// Dropped and created again under the collector's open connections.
+    Recreate,
+    /// The same, then `ferry-collector migrate` makes its tables, so the
+    /// collector's next statements find an empty but valid catalog.
+    RecreateAndMigrate,
 }
 
 /// Runs 30 files through both catalogs until the journal pruned them,
-/// replaces the backup's database by an empty one (the server rebuilt and
-/// restarted when `restart_server`, else dropped and created again under
-/// the collector's open connections), sends 5 more files, and waits for
-/// the backup to hold all 35 by itself.
-async fn backup_emptied_after_pruning_is_backfilled(restart_server: bool) {
+/// replaces the backup's database by an empty one, waits for the backup to
+/// get the 30 back while nothing new arrives, sends 5 more files, and waits
+/// for the backup to hold all 35 by itself.
+async fn backup_emptied_after_pruning_is_backfilled(replace: Replace) {
     let (primary, backup) = tokio::join!(MariaDb::start(), MariaDb::start());
     let (primary, mut backup) = (primary.unwrap(), backup.unwrap());
     // The backup's user holds only the grants README.md documents: they
@@ -343,9 +370,27 @@ async fn backup_emptied_after_pruning_is_backfilled(restart_server: bool) {
         ],
     )
     .await;
-    if restart_server {
-        backup.restart().await.unwrap();
+    match replace {
+        Replace::RestartServer => backup.restart().await.unwrap(),
+        Replace::Recreate => {}
+        Replace::RecreateAndMigrate => {
+            let migrated = s.cli(&["migrate"]);
+            assert!(migrated.contains("migrations applied"), "{migrated}");
+        }
     }
+    // Noticed and filled while nothing new arrives: an idle collector
+    // looks at its catalogs too.
+    until("the idle collector backfills the backup", async || {
+        let rows = s
+            .collector
+            .catalog_rows("backup")
+            .await
+            .map_err(|e| e.to_string())?;
+        (rows.len() == 30)
+            .then_some(())
+            .ok_or(format!("{} rows", rows.len()))
+    })
+    .await;
     send(&mut s.link, &mut s.flow, &s.dir, "new", 5, 100).await;
 
     let rows = until("the backup holds every row again", async || {
@@ -378,10 +423,13 @@ async fn backup_emptied_after_pruning_is_backfilled(restart_server: bool) {
         .and_then(|n| n.parse().ok())
         .unwrap();
     assert!((30..=35).contains(&copied), "{object}");
+    // Said at least once: the idle collector may notice the emptied
+    // database before the server's restart, which then cuts the backfill
+    // short, and it is started again.
     let log = s.collector.log_text();
     assert!(
-        s.log_lines("backup", "lacks rows the journal no longer holds") == 1
-            && s.log_lines("backup", "backfill done") == 1,
+        s.log_lines("backup", "lacks rows the journal no longer holds") >= 1
+            && s.log_lines("backup", "backfill done") >= 1,
         "{log}"
     );
     let text = s.cli(&["status"]);
@@ -392,6 +440,51 @@ async fn backup_emptied_after_pruning_is_backfilled(restart_server: bool) {
     assert!(
         dry.contains("would copy: 0 rows into primary, 0 rows into backup")
             && dry.contains("catalogs identical"),
+        "{dry}"
+    );
+    s.collector.terminate().unwrap();
+    drop(s.pki);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sqlite_backup_deleted_after_pruning_is_backfilled() {
+    let mut s = start("sqlite://primary.sqlite", "sqlite://backup.sqlite").await;
+    send(&mut s.link, &mut s.flow, &s.dir, "old", 20, 0).await;
+    let journal = Journal::open(&s.collector.settings.state_dir.join("journal.sqlite")).unwrap();
+    until(
+        "both catalogs applied everything and the journal pruned it",
+        async || {
+            let left = journal.len().map_err(|e| e.to_string())?;
+            (left == 0)
+                .then_some(())
+                .ok_or(format!("{left} records left"))
+        },
+    )
+    .await;
+    let ferry_collector::config::CatalogUrl::Sqlite(backup) = s.collector.settings.backup.clone()
+    else {
+        panic!("the backup is an SQLite file");
+    };
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = backup.clone().into_os_string();
+        path.push(suffix);
+        let _ = std::fs::remove_file(path);
+    }
+    send(&mut s.link, &mut s.flow, &s.dir, "new", 3, 100).await;
+    until("the new backup file holds every row", async || {
+        let rows = s
+            .collector
+            .catalog_rows("backup")
+            .await
+            .map_err(|e| e.to_string())?;
+        (rows.len() == 23)
+            .then_some(())
+            .ok_or(format!("{} rows", rows.len()))
+    })
+    .await;
+    let dry = s.cli(&["reconcile", "--dry-run"]);
+    assert!(
+        dry.contains("would copy: 0 rows into primary, 0 rows into backup"),
         "{dry}"
     );
     s.collector.terminate().unwrap();
