@@ -78,6 +78,9 @@ fn every_subcommand_of_both_binaries_takes_help() {
         "migrate",
         "pki",
         "pki init-ca",
+        "pki issue-server",
+        "pki issue-station",
+        "pki show",
     ] {
         let mut args: Vec<&str> = command.split(' ').collect();
         args.push("--help");
