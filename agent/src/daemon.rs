@@ -342,7 +342,9 @@ fn record(ledger: &Shared, ready: &[Seen], due_changed: &DueSignal, metrics: &Me
     }
 }
 
-/// A full scan of every root (or only the named ones).
+/// A full scan of every root (or only the named ones), entered into the
+/// ledger a chunk at a time as the walk goes: the tree is never held in
+/// memory whole.
 fn rescan(
     settings: &Settings,
     ledger: &Shared,
@@ -351,47 +353,21 @@ fn rescan(
     due_changed: &DueSignal,
     metrics: &Metrics,
 ) {
-    let now = SystemTime::now();
     for root in &settings.roots {
         if only.is_some_and(|names| !names.contains(&root.name)) {
             continue;
         }
         let started = SystemTime::now();
-        let seen = match tokio::task::block_in_place(|| files::scan(root)) {
-            Ok(seen) => seen,
-            Err(error) => {
-                metrics.error(ErrorKind::Scan);
-                warn!(root = %root.name, %error, "root not scanned");
-                continue;
-            }
-        };
-        let (settled, young): (Vec<Seen>, Vec<Seen>) = seen
-            .into_iter()
-            .partition(|s| now.duration_since(s.mtime).unwrap_or_default() >= settings.settle);
-        // Files not entered now (still settling, too small, or held for
-        // min_age by `enter`) are still there: the sweep below must not
-        // take them for vanished (so they are marked seen at a time not
-        // before `started`).
-        let waiting: Vec<Observation> = young
-            .iter()
-            .chain(
-                settled
-                    .iter()
-                    .filter(|s| s.identity.size < settings.min_size),
-            )
-            .map(observation)
-            .collect();
-        let seen_at = SystemTime::now();
-        if let Err(error) =
-            tokio::task::block_in_place(|| lock(ledger).still_there(&waiting, seen_at))
-        {
-            metrics.error(ErrorKind::Ledger);
-            metrics.state_disk.missed(&error);
+        let scanned = tokio::task::block_in_place(|| {
+            files::scan_chunks(root, SCAN_CHUNK, |chunk| {
+                enter_scanned(settings, ledger, chunk, settler, due_changed, metrics);
+            })
+        });
+        if let Err(error) = scanned {
+            metrics.error(ErrorKind::Scan);
+            warn!(root = %root.name, %error, "root not scanned");
+            continue;
         }
-        for s in young {
-            settler.note(s, now);
-        }
-        enter(settings, ledger, settled, settler, due_changed, metrics);
         match tokio::task::block_in_place(|| lock(ledger).sweep(&root.name, started)) {
             Ok(vanished) => {
                 for v in vanished {
@@ -404,6 +380,52 @@ fn rescan(
             }
         }
     }
+}
+
+/// Files a scan enters into the ledger per transaction.
+const SCAN_CHUNK: usize = 1000;
+
+/// One chunk of a scan: settled files are entered, young ones wait in the
+/// settler (or, past [`files::SCAN_WAITING_MAX`], for a later scan).
+fn enter_scanned(
+    settings: &Settings,
+    ledger: &Shared,
+    seen: Vec<Seen>,
+    settler: &mut Settler,
+    due_changed: &DueSignal,
+    metrics: &Metrics,
+) {
+    let now = SystemTime::now();
+    let (settled, young): (Vec<Seen>, Vec<Seen>) = seen
+        .into_iter()
+        .partition(|s| now.duration_since(s.mtime).unwrap_or_default() >= settings.settle);
+    // Files not entered now (still settling, too small, or held for
+    // min_age by `enter`) are still there: the sweep after the scan must
+    // not take them for vanished (so they are marked seen at a time not
+    // before the scan started).
+    let waiting: Vec<Observation> = young
+        .iter()
+        .chain(
+            settled
+                .iter()
+                .filter(|s| s.identity.size < settings.min_size),
+        )
+        .map(observation)
+        .collect();
+    if !waiting.is_empty()
+        && let Err(error) = lock(ledger).still_there(&waiting, SystemTime::now())
+    {
+        metrics.error(ErrorKind::Ledger);
+        metrics.state_disk.missed(&error);
+    }
+    for s in young {
+        if settler.len() < files::SCAN_WAITING_MAX {
+            settler.note(s, now);
+        } else {
+            settler.defer_to_rescan(now + settings.settle + Duration::from_secs(1));
+        }
+    }
+    enter(settings, ledger, settled, settler, due_changed, metrics);
 }
 
 async fn watch_roots(
@@ -481,6 +503,10 @@ async fn watch_roots(
             _ = settle.tick() => {
                 // What could not be recorded while the state disk was
                 // full is found again once it has room.
+                if settler.rescan_due(SystemTime::now()) {
+                    debug!("rescanning for young files a scan left out");
+                    rescan(&settings, &ledger, None, &mut settler, &due_changed, metrics);
+                }
                 if metrics.state_disk.rescan_now() {
                     info!("rescanning for what could not be recorded while the state was unwritable");
                     rescan(&settings, &ledger, None, &mut settler, &due_changed, metrics);
@@ -1180,18 +1206,19 @@ fn write_due_list(
     roots: &std::collections::BTreeMap<String, PathBuf>,
     metrics: &Metrics,
 ) {
-    let paths = match tokio::task::block_in_place(|| lock(ledger).due_paths(roots)) {
-        Ok(paths) => paths,
-        Err(error) => {
+    // Streamed from the ledger in order: the due set is never in memory.
+    let written = tokio::task::block_in_place(|| {
+        let mut writer = due_list::DueBackupWriter::create(&settings.legacy.due_backup)?;
+        if let Err(error) = lock(ledger).for_each_due_path(roots, |path| writer.push(path)) {
             metrics.error(ErrorKind::Ledger);
             warn!(%error, "ledger unreadable; DUE_BACKUP not rewritten");
-            return;
+            return Ok(None);
         }
-    };
-    match tokio::task::block_in_place(|| {
-        due_list::write_due_backup(&settings.legacy.due_backup, paths)
-    }) {
-        Ok(written) => {
+        writer.commit().map(Some)
+    });
+    match written {
+        Ok(None) => {}
+        Ok(Some(written)) => {
             for path in written.unrepresentable {
                 warn!(path = ?path, "name contains a newline or ends in a carriage return: left out of DUE_BACKUP (still sent)");
             }

@@ -159,70 +159,143 @@ where
     I: IntoIterator<Item = P>,
     P: Into<PathBuf>,
 {
-    let mut lines: Vec<PathBuf> = Vec::new();
-    let mut unrepresentable = Vec::new();
-    for p in paths {
-        let p = p.into();
-        if representable(&p) {
-            lines.push(p);
-        } else {
-            unrepresentable.push(p);
-        }
-    }
+    let mut lines: Vec<PathBuf> = paths.into_iter().map(Into::into).collect();
     lines.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
-    lines.dedup_by(|a, b| bytes(a) == bytes(b));
-    unrepresentable.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
-    unrepresentable.dedup_by(|a, b| bytes(a) == bytes(b));
+    let mut writer = DueBackupWriter::create(path)?;
+    for line in &lines {
+        writer.push(line);
+    }
+    writer.commit()
+}
 
-    let write_err = |source| DueListError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let (dir, name) = match (path.parent(), path.file_name()) {
-        (Some(dir), Some(name)) => (dir, name),
-        _ => {
-            return Err(DueListError::BadPath {
-                path: path.to_owned(),
-            });
-        }
-    };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    let mut tmp_name = b".".to_vec();
-    tmp_name.extend_from_slice(name.as_bytes());
-    tmp_name.extend_from_slice(format!(".{}.tmp", std::process::id()).as_bytes());
-    let tmp = dir.join(OsStr::from_bytes(&tmp_name));
+/// A new `DUE_BACKUP` written as paths come, in byte order, so that a due
+/// set of any size is never held in memory; it replaces the old list
+/// atomically at [`DueBackupWriter::commit`] (dropped before that, it
+/// leaves the old list in place).
+#[derive(Debug)]
+pub struct DueBackupWriter {
+    path: PathBuf,
+    dir: PathBuf,
+    tmp: PathBuf,
+    out: Option<BufWriter<File>>,
+    /// The last line written (a repeated path is written once).
+    last: Vec<u8>,
+    lines: usize,
+    unrepresentable: Vec<PathBuf>,
+    /// The first write error; [`DueBackupWriter::commit`] returns it.
+    failed: Option<io::Error>,
+}
 
-    let result = (|| {
+impl DueBackupWriter {
+    /// Starts a new list beside `path` (a temporary file in its directory).
+    pub fn create(path: &Path) -> Result<Self, DueListError> {
+        let write_err = |source| DueListError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let (dir, name) = match (path.parent(), path.file_name()) {
+            (Some(dir), Some(name)) => (dir, name),
+            _ => {
+                return Err(DueListError::BadPath {
+                    path: path.to_owned(),
+                });
+            }
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let mut tmp_name = b".".to_vec();
+        tmp_name.extend_from_slice(name.as_bytes());
+        tmp_name.extend_from_slice(format!(".{}.tmp", std::process::id()).as_bytes());
+        let tmp = dir.join(OsStr::from_bytes(&tmp_name));
         // A leftover from a process with our pid that died mid-write.
         match fs::remove_file(&tmp) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(write_err(e)),
         }
-        let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        let mut out = BufWriter::new(file);
-        for line in &lines {
-            out.write_all(bytes(line))?;
-            out.write_all(b"\n")?;
-        }
-        let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(write_err)?;
+        Ok(Self {
+            path: path.to_owned(),
+            dir: dir.to_owned(),
+            tmp,
+            out: Some(BufWriter::new(file)),
+            last: Vec::new(),
+            lines: 0,
+            unrepresentable: Vec::new(),
+            failed: None,
+        })
     }
-    result.map_err(write_err)?;
-    Ok(Written {
-        lines: lines.len(),
-        unrepresentable,
-    })
+
+    /// Adds one path; paths must come in byte order. One a line cannot
+    /// hold is left out (and reported by [`DueBackupWriter::commit`]).
+    pub fn push(&mut self, path: &Path) {
+        if !representable(path) {
+            self.unrepresentable.push(path.to_owned());
+            return;
+        }
+        let line = bytes(path);
+        if self.lines > 0 && line == self.last.as_slice() {
+            return;
+        }
+        if self.failed.is_some() {
+            return;
+        }
+        if let Some(out) = self.out.as_mut()
+            && let Err(e) = out.write_all(line).and_then(|()| out.write_all(b"\n"))
+        {
+            self.failed = Some(e);
+            return;
+        }
+        self.last.clear();
+        self.last.extend_from_slice(line);
+        self.lines += 1;
+    }
+
+    /// Makes the new list durable and puts it in place of the old one.
+    pub fn commit(mut self) -> Result<Written, DueListError> {
+        let result = (|| {
+            if let Some(error) = self.failed.take() {
+                return Err(error);
+            }
+            let Some(out) = self.out.take() else {
+                return Err(io::Error::other("list already committed"));
+            };
+            let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+            file.sync_all()?;
+            drop(file);
+            fs::rename(&self.tmp, &self.path)?;
+            sync_dir(&self.dir)
+        })();
+        if let Err(source) = result {
+            let _ = fs::remove_file(&self.tmp);
+            return Err(DueListError::Write {
+                path: self.path.clone(),
+                source,
+            });
+        }
+        let mut unrepresentable = std::mem::take(&mut self.unrepresentable);
+        unrepresentable.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
+        unrepresentable.dedup_by(|a, b| bytes(a) == bytes(b));
+        Ok(Written {
+            lines: self.lines,
+            unrepresentable,
+        })
+    }
+}
+
+impl Drop for DueBackupWriter {
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Appends `paths` to `BACKUP_DONE`, one per line in the order given, and

@@ -962,29 +962,48 @@ impl Ledger {
         })
     }
 
-    /// Absolute paths of every file not yet acknowledged, for `DUE_BACKUP`.
-    /// `roots` maps root names to their directories; files of roots no
-    /// longer configured are left out. The order is unspecified.
-    pub fn due_paths(
+    /// Hands `each` the absolute path of every file not yet acknowledged,
+    /// for `DUE_BACKUP`, in byte order, one row at a time (the due set is
+    /// never held in memory). `roots` maps root names to their
+    /// directories; files of roots no longer configured are left out.
+    pub fn for_each_due_path(
         &self,
         roots: &BTreeMap<String, PathBuf>,
-    ) -> Result<Vec<PathBuf>, LedgerError> {
+        mut each: impl FnMut(&Path),
+    ) -> Result<(), LedgerError> {
         let err = self.sql();
+        // Roots never overlap, so no root's directory with its slash is a
+        // prefix of another's: ordering the roots by that, then each root's
+        // paths by their bytes (the order of the unique index), orders the
+        // absolute paths by their bytes.
+        let mut ordered: Vec<(Vec<u8>, &String, &PathBuf)> = roots
+            .iter()
+            .map(|(name, dir)| {
+                let mut prefix = dir.as_os_str().as_bytes().to_vec();
+                if prefix.last() != Some(&b'/') {
+                    prefix.push(b'/');
+                }
+                (prefix, name, dir)
+            })
+            .collect();
+        ordered.sort();
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT root, rel_path FROM files WHERE state IN ('due', 'sent-pending')",
+                "SELECT rel_path FROM files
+                 WHERE root = ?1 AND state IN ('due', 'sent-pending')
+                 ORDER BY rel_path",
             )
             .map_err(&err)?;
-        let mut rows = stmt.query([]).map_err(&err)?;
-        let mut paths = Vec::new();
-        while let Some(row) = rows.next().map_err(&err)? {
-            let root: String = row.get(0).map_err(&err)?;
-            if let Some(dir) = roots.get(&root) {
-                paths.push(dir.join(path_from_blob(row.get(1).map_err(&err)?)));
+        for (_, name, dir) in ordered {
+            let mut rows = stmt.query(params![name]).map_err(&err)?;
+            while let Some(row) = rows.next().map_err(&err)? {
+                let rel = row.get_ref(0).map_err(&err)?;
+                let rel = rel.as_blob().map_err(|e| err(e.into()))?;
+                each(&dir.join(OsStr::from_bytes(rel)));
             }
         }
-        Ok(paths)
+        Ok(())
     }
 
     /// The `n` most recent errors of files still due, newest first.

@@ -72,6 +72,19 @@ pub fn stat(root: &Root, abs_path: &Path) -> Option<Seen> {
 /// directories are skipped with a warning; a missing root is an error.
 pub fn scan(root: &Root) -> Result<Vec<Seen>, ScanError> {
     let mut out = Vec::new();
+    scan_chunks(root, usize::MAX, |chunk| out.extend(chunk))?;
+    Ok(out)
+}
+
+/// Walks `root` like [`scan`], handing the files found to `each` in chunks
+/// of at most `chunk` files: a tree of any size is walked in bounded
+/// memory (the directories still to visit, and one chunk).
+pub fn scan_chunks(
+    root: &Root,
+    chunk: usize,
+    mut each: impl FnMut(Vec<Seen>),
+) -> Result<(), ScanError> {
+    let mut out = Vec::new();
     let mut stack = vec![root.path.clone()];
     let mut first = true;
     while let Some(dir) = stack.pop() {
@@ -96,10 +109,16 @@ pub fn scan(root: &Root) -> Result<Vec<Seen>, ScanError> {
                 }
             } else if let Some(seen) = kind.is_file().then(|| stat(root, &path)).flatten() {
                 out.push(seen);
+                if out.len() >= chunk {
+                    each(std::mem::take(&mut out));
+                }
             }
         }
     }
-    Ok(out)
+    if !out.is_empty() {
+        each(out);
+    }
+    Ok(())
 }
 
 /// Files waiting, by absolute path: to settle (no close was seen, so size
@@ -113,7 +132,15 @@ pub fn scan(root: &Root) -> Result<Vec<Seen>, ScanError> {
 #[derive(Debug, Default)]
 pub struct Settler {
     pending: HashMap<PathBuf, Waiting>,
+    /// When a scan that found more young files than [`SCAN_WAITING_MAX`]
+    /// wants the rest found by another scan.
+    rescan_at: Option<SystemTime>,
 }
+
+/// Most young files a scan leaves waiting here; it leaves any more to a
+/// scan after the settle time ([`Settler::defer_to_rescan`]), so that a
+/// tree written just before the agent started does not sit in memory.
+pub const SCAN_WAITING_MAX: usize = 1024;
 
 /// One waiting file.
 #[derive(Debug)]
@@ -182,6 +209,21 @@ impl Settler {
                 );
             }
         }
+    }
+
+    /// Asks for a rescan at `at`: a scan found more young files than it
+    /// keeps waiting.
+    pub fn defer_to_rescan(&mut self, at: SystemTime) {
+        self.rescan_at = Some(self.rescan_at.map_or(at, |t| t.max(at)));
+    }
+
+    /// Whether a deferred rescan is due at `now` (the request is cleared).
+    pub fn rescan_due(&mut self, now: SystemTime) -> bool {
+        let due = self.rescan_at.is_some_and(|at| now >= at);
+        if due {
+            self.rescan_at = None;
+        }
+        due
     }
 
     /// Forgets a path (it was deleted, or became ready by an event).

@@ -521,11 +521,39 @@ fn names_that_are_not_utf8_survive_the_round_trip() {
     let due = ledger.due(10, t(2)).unwrap();
     assert_eq!(due[0].rel_path.as_os_str().as_bytes(), raw);
     let roots = BTreeMap::from([("data".to_owned(), PathBuf::from("/srv/data"))]);
-    let paths = ledger.due_paths(&roots).unwrap();
+    let paths = due_paths(&ledger, &roots);
     let mut expected = b"/srv/data/".to_vec();
     expected.extend_from_slice(raw);
     assert_eq!(paths.len(), 1);
     assert_eq!(paths[0].as_os_str().as_bytes(), expected);
+}
+
+fn due_paths(ledger: &Ledger, roots: &BTreeMap<String, PathBuf>) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    ledger
+        .for_each_due_path(roots, |p| paths.push(p.to_owned()))
+        .unwrap();
+    paths
+}
+
+#[test]
+fn due_paths_come_in_byte_order_across_roots_whose_names_share_a_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = open(&dir);
+    for (root, name) in [("a", "z.bin"), ("a", "b/c"), ("b", "a.bin"), ("a", "b.bin")] {
+        ledger.observe(root, &rel(name), id(1, 1, 1), t(0)).unwrap();
+    }
+    // "/srv/data-x/" sorts before "/srv/data/" ('-' < '/').
+    let roots = BTreeMap::from([
+        ("a".to_owned(), PathBuf::from("/srv/data")),
+        ("b".to_owned(), PathBuf::from("/srv/data-x")),
+    ]);
+    let paths = due_paths(&ledger, &roots);
+    let mut sorted = paths.clone();
+    sorted.sort_by(|x, y| x.as_os_str().as_bytes().cmp(y.as_os_str().as_bytes()));
+    assert_eq!(paths, sorted);
+    assert_eq!(paths.len(), 4);
+    assert_eq!(paths[0], PathBuf::from("/srv/data-x/a.bin"));
 }
 
 #[test]
@@ -548,7 +576,7 @@ fn due_paths_cover_due_and_in_flight_files_of_configured_roots_only() {
     ack(&mut ledger, &due[1], t(5));
     ledger.mark_sending(&[due[2].key]).unwrap();
     let roots = BTreeMap::from([("data".to_owned(), PathBuf::from("/srv/data"))]);
-    let mut paths = ledger.due_paths(&roots).unwrap();
+    let mut paths = due_paths(&ledger, &roots);
     paths.sort();
     assert_eq!(
         paths,
