@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: builds the release binaries and runs the end-to-end
 //! benchmark (`tests/benches/end_to_end`), which compares Ferry with rsync
-//! over ssh and the legacy sftp pattern and measures latency, fan-in and the
-//! MariaDB apply rate.
+//! over ssh and the legacy sftp pattern and measures latency, fan-in, the
+//! MariaDB apply rate and the agent's memory with many files at its start.
 
 use std::process::Command;
 

@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: Ferry end to end against rsync over ssh and the
 //! legacy one-`get`-per-file sftp pattern, in one run on one machine, both
-//! sides on loopback; then close-to-catalog latency, a 200-station fan-in
-//! and the MariaDB apply rate. Prints a Markdown table (also written to
+//! sides on loopback; then close-to-catalog latency, a 200-station fan-in,
+//! the MariaDB apply rate and the agent's memory with 100,000 files present
+//! at its start. Prints a Markdown table (also written to
 //! `target/bench/report.md` and kept under `target/bench/reports`).
 //!
 //! Timings on a small VM swing from run to run, so each data set is shipped
@@ -13,6 +14,7 @@
 #![allow(clippy::unwrap_used)] // a benchmark driver, not production code
 
 mod apply;
+mod at_start;
 mod baseline;
 mod data;
 mod fan_in;
@@ -37,11 +39,12 @@ options:
   --rounds N          interleaved rounds per data set (default 5)
   --sets LIST         data sets to ship, of d1,d2,d3 (default all)
   --skip LIST         parts to leave out, of transfer,latency,fan-in,apply,
-                      the baselines rsync,sftp and the floor (Ferry alone, for
-                      profiling)
+                      at-start, the baselines rsync,sftp and the floor (Ferry
+                      alone, for profiling)
   --latency-secs N    how long files are written at 50/s (default 60)
   --stations N        stations in the fan-in (default 200)
   --apply-rows N      catalog rows for the MariaDB apply rate (default 40000)
+  --start-files N     files of 1 KiB present at the agent's start (default 100000)
   --dir DIR           work directory (default target/bench)
 ";
 
@@ -54,6 +57,7 @@ pub struct Options {
     latency_secs: u64,
     stations: usize,
     apply_rows: usize,
+    start_files: usize,
     /// Data sets, certificates, runs and the report.
     pub dir: PathBuf,
 }
@@ -66,6 +70,7 @@ fn options() -> Result<Options> {
         latency_secs: 60,
         stations: 200,
         apply_rows: 40_000,
+        start_files: 100_000,
         dir: target_dir().join("bench"),
     };
     let mut args = std::env::args().skip(1);
@@ -83,6 +88,7 @@ fn options() -> Result<Options> {
             "--latency-secs" => options.latency_secs = value()?.parse()?,
             "--stations" => options.stations = value()?.parse()?,
             "--apply-rows" => options.apply_rows = value()?.parse()?,
+            "--start-files" => options.start_files = value()?.parse()?,
             "--dir" => options.dir = PathBuf::from(value()?),
             // `cargo bench` passes this to every bench target.
             "--bench" => {}
@@ -249,6 +255,11 @@ fn main() -> Result<()> {
     if !options.skips("apply") {
         let figures = apply::run(&bins, &pki, &options)?;
         writeln!(report, "\n{figures}")?;
+    }
+    if !options.skips("at-start") {
+        let figures = at_start::run(&bins, &pki, &options)?;
+        writeln!(report, "\n{figures}")?;
+        report_file(&options, &report)?;
     }
     println!("\n{report}");
     report_file(&options, &report)?;
