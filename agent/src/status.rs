@@ -7,7 +7,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ferry_common::clock::unix_secs;
 use ferry_common::{json, name};
+use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
 use crate::halt_flag::HaltFlag;
@@ -34,47 +36,82 @@ pub fn state_path(state_dir: &Path) -> PathBuf {
     state_dir.join("agent.state")
 }
 
-fn secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
 
+/// The version of `agent.state` this agent writes.
+pub const STATE_VERSION: u32 = 1;
+
+/// `agent.state` as written since [`STATE_VERSION`] 1: one JSON object
+/// (the daemon writes it, `status` reads it). Earlier agents wrote
+/// unversioned `key=value` lines, still read.
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    connected: bool,
+    revoked: bool,
+    collector: Option<String>,
+    last_error: Option<String>,
+    /// Unix seconds.
+    last_ack: Option<u64>,
+    halted_by: Option<String>,
+}
+
+/// Only the version, read first so that a file of a later version is
+/// recognised before its fields are.
+#[derive(Deserialize)]
+struct Versioned {
+    version: u32,
+}
+
 /// Writes `state` atomically (temp file + rename); errors are ignored: the
-/// state file is informational.
+/// state file is informational. Texts are kept to one line, as `status`
+/// shows them.
 pub fn write(path: &Path, state: &LinkState) {
-    let mut text = format!("connected={}\n", state.connected);
-    if state.revoked {
-        text.push_str("revoked=true\n");
-    }
-    if let Some(c) = &state.collector {
-        let _ = writeln!(text, "collector={}", one_line(c));
-    }
-    if let Some(e) = &state.last_error {
-        let _ = writeln!(text, "last_error={}", one_line(e));
-    }
-    if let Some(t) = state.last_ack {
-        let _ = writeln!(text, "last_ack={}", secs(t));
-    }
-    if let Some(h) = &state.halted_by {
-        let _ = writeln!(text, "halted_by={}", one_line(h));
-    }
+    let file = StateFile {
+        version: STATE_VERSION,
+        connected: state.connected,
+        revoked: state.revoked,
+        collector: state.collector.as_deref().map(one_line),
+        last_error: state.last_error.as_deref().map(one_line),
+        last_ack: state.last_ack.map(unix_secs),
+        halted_by: state.halted_by.as_deref().map(one_line),
+    };
     let tmp = path.with_extension("state.tmp");
-    if std::fs::write(&tmp, text).is_ok() {
+    if std::fs::write(&tmp, json::line(&file)).is_ok() {
         let _ = std::fs::rename(&tmp, path);
     }
 }
 
-/// Reads the state file (defaults if missing or garbled).
+/// Reads the state file: the current version, or the unversioned form of
+/// earlier agents (defaults if missing, garbled or of a later version).
 pub fn read(path: &Path) -> LinkState {
-    let mut state = LinkState::default();
     let Ok(text) = std::fs::read_to_string(path) else {
-        return state;
+        return LinkState::default();
     };
+    if !text.trim_start().starts_with('{') {
+        return read_unversioned(&text);
+    }
+    match serde_json::from_str::<Versioned>(&text) {
+        Ok(Versioned { version: 1 }) => match serde_json::from_str::<StateFile>(&text) {
+            Ok(file) => LinkState {
+                connected: file.connected,
+                revoked: file.revoked,
+                collector: file.collector,
+                last_error: file.last_error,
+                last_ack: file.last_ack.map(|s| UNIX_EPOCH + Duration::from_secs(s)),
+                halted_by: file.halted_by,
+            },
+            Err(_) => LinkState::default(),
+        },
+        _ => LinkState::default(),
+    }
+}
+
+/// The `key=value` lines agents wrote before the state file had a version.
+fn read_unversioned(text: &str) -> LinkState {
+    let mut state = LinkState::default();
     for line in text.lines() {
         let Some((key, value)) = line.split_once('=') else {
             continue;
@@ -122,7 +159,7 @@ pub fn write_watch(path: &Path, state: &WatchState) {
         state.min_age_secs, state.held.files, state.held.future_mtimes
     );
     if let Some(t) = state.held.next_ready {
-        let _ = writeln!(text, "held_next_ready={}", secs(t));
+        let _ = writeln!(text, "held_next_ready={}", unix_secs(t));
     }
     for (name, dir, watch) in &state.roots {
         let _ = writeln!(
@@ -252,7 +289,7 @@ pub fn report(settings: &Settings) -> Result<Report, StatusError> {
 }
 
 fn when(t: Option<SystemTime>) -> String {
-    t.map_or_else(|| "never".to_owned(), |t| secs(t).to_string())
+    t.map_or_else(|| "never".to_owned(), |t| unix_secs(t).to_string())
 }
 
 /// Human-readable report.
@@ -358,91 +395,129 @@ pub fn text(r: &Report) -> String {
     out
 }
 
-fn json_time(t: Option<SystemTime>) -> String {
-    t.map_or_else(|| "null".to_owned(), |t| secs(t).to_string())
+/// `status --json`, as written: times as Unix seconds, `null` for what
+/// is unknown.
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    due_files: u64,
+    due_bytes: u64,
+    oldest_due: Option<u64>,
+    failing: u64,
+    refused_files: u64,
+    last_ack: Option<u64>,
+    halt_flag: Option<&'a str>,
+    collector_connected: bool,
+    revoked: bool,
+    collector: Option<&'a str>,
+    last_error: Option<&'a str>,
+    recent_errors: Vec<JsonError<'a>>,
+    held: Option<JsonHeld>,
+    roots: Option<Vec<JsonRoot<'a>>>,
+    legacy_import: Option<JsonImport<'a>>,
 }
 
-/// JSON report (times as Unix seconds).
+#[derive(Serialize)]
+struct JsonError<'a> {
+    path: &'a str,
+    error: &'a str,
+    attempts: u32,
+    permanent: bool,
+}
+
+#[derive(Serialize)]
+struct JsonHeld {
+    files: usize,
+    future_mtimes: usize,
+    min_age_secs: u64,
+    next_ready: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct JsonRoot<'a> {
+    name: &'a str,
+    path: String,
+    state: &'static str,
+}
+
+#[derive(Serialize)]
+struct JsonImport<'a> {
+    at: Option<u64>,
+    imported: usize,
+    not_found: usize,
+    refused: usize,
+    already_copied: usize,
+    changed_since_copy: usize,
+    history_sent: bool,
+    refused_lines: Vec<JsonRefusedLine<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonRefusedLine<'a> {
+    line: usize,
+    reason: String,
+    text: &'a str,
+}
+
+/// JSON report (times as Unix seconds), one line.
 pub fn json(r: &Report) -> String {
-    let errors: Vec<String> = r
-        .recent_errors
-        .iter()
-        .map(|(p, e, a, permanent)| {
-            format!(
-                "{{\"path\":{},\"error\":{},\"attempts\":{a},\"permanent\":{permanent}}}",
-                json::string(p),
-                json::string(e)
-            )
-        })
-        .collect();
-    let legacy_import = r.legacy_import.as_ref().map_or_else(
-        || "null".to_owned(),
-        |i| {
-            let lines: Vec<String> = i
+    let report = JsonReport {
+        due_files: r.due_files,
+        due_bytes: r.due_bytes,
+        oldest_due: r.oldest_due.map(unix_secs),
+        failing: r.failing,
+        refused_files: r.refused,
+        last_ack: r.last_ack.map(unix_secs),
+        halt_flag: r.halt_flag.as_deref(),
+        collector_connected: r.collector_connected,
+        revoked: r.revoked,
+        collector: r.collector.as_deref(),
+        last_error: r.last_error.as_deref(),
+        recent_errors: r
+            .recent_errors
+            .iter()
+            .map(|(path, error, attempts, permanent)| JsonError {
+                path,
+                error,
+                attempts: *attempts,
+                permanent: *permanent,
+            })
+            .collect(),
+        held: r.watch.as_ref().map(|w| JsonHeld {
+            files: w.held.files,
+            future_mtimes: w.held.future_mtimes,
+            min_age_secs: w.min_age_secs,
+            next_ready: w.held.next_ready.map(unix_secs),
+        }),
+        roots: r.watch.as_ref().map(|w| {
+            w.roots
+                .iter()
+                .map(|(name, dir, watch)| JsonRoot {
+                    name,
+                    path: dir.to_string_lossy().into_owned(),
+                    state: watch.as_str(),
+                })
+                .collect()
+        }),
+        legacy_import: r.legacy_import.as_ref().map(|i| JsonImport {
+            at: i.at.map(unix_secs),
+            imported: i.imported,
+            not_found: i.not_found,
+            refused: i.refused,
+            already_copied: i.already_copied,
+            changed_since_copy: i.changed_since_copy,
+            history_sent: i.history_sent,
+            refused_lines: i
                 .refused_lines
                 .iter()
-                .map(|l| {
-                    format!(
-                        "{{\"line\":{},\"reason\":{},\"text\":{}}}",
-                        l.line,
-                        json::string(&l.reason.to_string()),
-                        json::string(&l.text)
-                    )
+                .map(|l| JsonRefusedLine {
+                    line: l.line,
+                    reason: l.reason.to_string(),
+                    text: &l.text,
                 })
-                .collect();
-            format!(
-                "{{\"at\":{},\"imported\":{},\"not_found\":{},\"refused\":{},\"already_copied\":{},\"changed_since_copy\":{},\"history_sent\":{},\"refused_lines\":[{}]}}",
-                json_time(i.at),
-                i.imported,
-                i.not_found,
-                i.refused,
-                i.already_copied,
-                i.changed_since_copy,
-                i.history_sent,
-                lines.join(",")
-            )
-        },
-    );
-    let watch = r.watch.as_ref().map_or_else(
-        || "\"held\":null,\"roots\":null".to_owned(),
-        |w| {
-            let roots: Vec<String> = w
-                .roots
-                .iter()
-                .map(|(name, dir, watch)| {
-                    format!(
-                        "{{\"name\":{},\"path\":{},\"state\":\"{}\"}}",
-                        json::string(name),
-                        json::string(&dir.to_string_lossy()),
-                        watch.as_str()
-                    )
-                })
-                .collect();
-            format!(
-                "\"held\":{{\"files\":{},\"future_mtimes\":{},\"min_age_secs\":{},\"next_ready\":{}}},\"roots\":[{}]",
-                w.held.files,
-                w.held.future_mtimes,
-                w.min_age_secs,
-                json_time(w.held.next_ready),
-                roots.join(",")
-            )
-        },
-    );
-    format!(
-        "{{\"due_files\":{},\"due_bytes\":{},\"oldest_due\":{},\"failing\":{},\"refused_files\":{},\"last_ack\":{},\"halt_flag\":{},\"collector_connected\":{},\"revoked\":{},\"collector\":{},\"last_error\":{},\"recent_errors\":[{}],{watch},\"legacy_import\":{legacy_import}}}\n",
-        r.due_files,
-        r.due_bytes,
-        json_time(r.oldest_due),
-        r.failing,
-        r.refused,
-        json_time(r.last_ack),
-        json::string_or_null(r.halt_flag.as_deref()),
-        r.collector_connected,
-        r.revoked,
-        json::string_or_null(r.collector.as_deref()),
-        json::string_or_null(r.last_error.as_deref()),
-        errors.join(",")
-    )
+                .collect(),
+        }),
+    };
+    json::line(&report)
 }
 
 #[cfg(test)]
@@ -467,6 +542,40 @@ mod tests {
         assert_eq!(back.last_ack, state.last_ack);
         assert!(back.connected);
         assert_eq!(read(&dir.path().join("missing")), LinkState::default());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("{\"version\":1,"), "{text}");
+    }
+
+    /// An agent updated in place finds the unversioned `key=value` file
+    /// its predecessor wrote, and reads it; its first write replaces it.
+    #[test]
+    fn an_unversioned_state_file_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = state_path(dir.path());
+        std::fs::write(
+            &path,
+            "connected=true\nrevoked=true\ncollector=c:1\nlast_error=refused: x=y\n\
+             last_ack=42\nhalted_by=indexerD pid 7\n",
+        )
+        .unwrap();
+        let old = read(&path);
+        assert_eq!(
+            old,
+            LinkState {
+                connected: true,
+                revoked: true,
+                collector: Some("c:1".into()),
+                last_error: Some("refused: x=y".into()),
+                last_ack: Some(UNIX_EPOCH + Duration::from_secs(42)),
+                halted_by: Some("indexerD pid 7".into()),
+            }
+        );
+        write(&path, &old);
+        assert_eq!(read(&path), old);
+        assert!(std::fs::read_to_string(&path).unwrap().starts_with('{'));
+        // A later version is not misread as this one.
+        std::fs::write(&path, "{\"version\":2,\"connected\":true}").unwrap();
+        assert_eq!(read(&path), LinkState::default());
     }
 
     #[test]
@@ -488,5 +597,72 @@ mod tests {
         };
         write_watch(&path, &state);
         assert_eq!(read_watch(&path), Some(state));
+    }
+
+    /// Monitoring and tests read `status --json` as text: every key, its
+    /// order, `null` for what is unknown and the escapes stay as they are.
+    #[test]
+    fn the_json_report_keeps_its_exact_form() {
+        let at = |s| Some(UNIX_EPOCH + Duration::from_secs(s));
+        let mut r = Report {
+            due_files: 3,
+            due_bytes: 300,
+            oldest_due: at(10),
+            failing: 1,
+            refused: 2,
+            last_ack: None,
+            halt_flag: Some("operator \"x\"".into()),
+            collector_connected: false,
+            revoked: true,
+            collector: None,
+            last_error: Some("line\u{2028}sep\u{1}\ttab".into()),
+            recent_errors: vec![("data/a\\b".into(), "gone".into(), 4, true)],
+            legacy_import: None,
+            watch: None,
+        };
+        assert_eq!(
+            json(&r),
+            "{\"due_files\":3,\"due_bytes\":300,\"oldest_due\":10,\"failing\":1,\
+             \"refused_files\":2,\"last_ack\":null,\"halt_flag\":\"operator \\\"x\\\"\",\
+             \"collector_connected\":false,\"revoked\":true,\"collector\":null,\
+             \"last_error\":\"line\\u2028sep\\u0001\\ttab\",\"recent_errors\":[{\"path\":\
+             \"data/a\\\\b\",\"error\":\"gone\",\"attempts\":4,\"permanent\":true}],\
+             \"held\":null,\"roots\":null,\"legacy_import\":null}\n"
+        );
+        r.recent_errors.clear();
+        r.watch = Some(WatchState {
+            min_age_secs: 60,
+            held: Held {
+                files: 2,
+                future_mtimes: 1,
+                next_ready: None,
+            },
+            roots: vec![("nfs".into(), PathBuf::from("/mnt/n"), RootWatch::Missing)],
+        });
+        r.legacy_import = Some(takeover::Report {
+            at: at(5),
+            imported: 1,
+            not_found: 2,
+            refused: 3,
+            refused_lines: vec![crate::due_list::RefusedLine {
+                line: 7,
+                text: "rel/x".into(),
+                reason: crate::due_list::Refusal::Relative,
+            }],
+            already_copied: 4,
+            changed_since_copy: 5,
+            history_sent: false,
+        });
+        let text = json(&r);
+        let tail = text.split_once("\"recent_errors\"").unwrap().1;
+        assert_eq!(
+            tail,
+            ":[],\"held\":{\"files\":2,\"future_mtimes\":1,\"min_age_secs\":60,\
+             \"next_ready\":null},\"roots\":[{\"name\":\"nfs\",\"path\":\"/mnt/n\",\
+             \"state\":\"missing\"}],\"legacy_import\":{\"at\":5,\"imported\":1,\
+             \"not_found\":2,\"refused\":3,\"already_copied\":4,\"changed_since_copy\":5,\
+             \"history_sent\":false,\"refused_lines\":[{\"line\":7,\"reason\":\"not an absolute path\",\
+             \"text\":\"rel/x\"}]}}\n"
+        );
     }
 }

@@ -16,6 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ferry_common::clock;
 use tracing::{info, warn};
 
 use crate::config::Settings;
@@ -198,7 +199,7 @@ fn seen_with_mtime(settings: &Settings, path: &Path) -> Option<(Observation, Sys
 pub fn write_report(path: &Path, report: &Report) {
     let mut text = String::new();
     if let Some(at) = report.at {
-        let _ = writeln!(text, "at={}", secs(at));
+        let _ = writeln!(text, "at={}", clock::unix_secs(at));
     }
     for (key, value) in [
         ("imported", report.imported),
@@ -266,12 +267,6 @@ pub fn read_report(path: &Path) -> Option<Report> {
         }
     }
     Some(report)
-}
-
-fn secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+use serde::Serialize;
+
 use crate::CATALOGS;
 use crate::config::{CatalogUrl, Settings};
 use crate::journal::{CatalogHealth, CatalogState, Journal};
@@ -23,8 +25,9 @@ pub enum AdminError {
     },
 }
 
-/// One station's status, with the legacy monitoring keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One station's status, with the legacy monitoring keys; as JSON, an
+/// element of `status --json` and the answer of `/status/<station>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StationStatus {
     pub station: String,
     /// Files of the station stored in the repository (`host_files`).
@@ -257,64 +260,64 @@ fn age(ms: i64) -> String {
 }
 
 /// Status as JSON: `{"stations":[...],"catalogs":[...]}`, an object per
-/// station with the legacy keys and one per catalog.
+/// station with the legacy keys and one per catalog; one line.
 pub fn status_json(status: &Status) -> String {
-    let stations: Vec<String> = status.stations.iter().map(station_json).collect();
-    let catalogs: Vec<String> = status.catalogs.iter().map(catalog_json).collect();
-    format!(
-        "{{\"stations\":[{}],\"catalogs\":[{}]}}\n",
-        stations.join(","),
-        catalogs.join(",")
-    )
+    #[derive(Serialize)]
+    struct StatusJson<'a> {
+        stations: &'a [StationStatus],
+        catalogs: Vec<CatalogJson<'a>>,
+    }
+    ferry_common::json::line(&StatusJson {
+        stations: &status.stations,
+        catalogs: status.catalogs.iter().map(catalog_json).collect(),
+    })
 }
 
-/// One catalog's status as a JSON object: its state (`unknown` before the
-/// collector first ran), whether it is reachable, since when (Unix
-/// seconds), lag, last error and when, outages, and its last backfill.
-pub fn catalog_json(c: &CatalogStatus) -> String {
-    let seconds =
-        |ms: Option<i64>| ms.map_or_else(|| "null".to_owned(), |ms| (ms / 1000).to_string());
+/// One catalog's status as JSON: its state (`unknown` before the collector
+/// first ran), whether it is reachable, since when (Unix seconds), lag,
+/// last error and when, outages, and its last backfill.
+#[derive(Debug, Serialize)]
+pub struct CatalogJson<'a> {
+    catalog: &'a str,
+    state: &'a str,
+    up: bool,
+    since: Option<i64>,
+    lag: u64,
+    error: Option<&'a str>,
+    error_at: Option<i64>,
+    outages: u64,
+    backfill: Option<BackfillJson>,
+}
+
+/// A catalog's last backfill, in [`CatalogJson`].
+#[derive(Debug, Serialize)]
+struct BackfillJson {
+    copied: u64,
+    scanned: u64,
+    total: u64,
+    running: bool,
+}
+
+/// One catalog's status, for [`status_json`] and `/healthz`.
+pub fn catalog_json(c: &CatalogStatus) -> CatalogJson<'_> {
     let h = c.health.as_ref();
-    let state = h.map_or("unknown", |h| h.state.as_str());
-    let up = h.is_some_and(|h| matches!(h.state, CatalogState::Up | CatalogState::Backfilling));
-    let backfill = h.and_then(|h| h.backfill).map_or_else(
-        || "null".to_owned(),
-        |b| {
-            format!(
-                "{{\"copied\":{},\"scanned\":{},\"total\":{},\"running\":{}}}",
-                b.copied,
-                b.scanned,
-                b.total,
-                h.is_some_and(|h| h.state == CatalogState::Backfilling)
-            )
-        },
-    );
-    format!(
-        "{{\"catalog\":{},\"state\":{},\"up\":{up},\"since\":{},\"lag\":{},\"error\":{},\"error_at\":{},\"outages\":{},\"backfill\":{backfill}}}",
-        ferry_common::json::string(c.catalog),
-        ferry_common::json::string(state),
-        seconds(h.map(|h| h.since_ms)),
-        c.lag,
-        ferry_common::json::string_or_null(h.and_then(|h| h.error.as_deref())),
-        seconds(h.and_then(|h| h.error_at_ms)),
-        h.map_or(0, |h| h.outages),
-    )
-}
-
-/// One station's status as a JSON object (an element of [`status_json`]).
-pub fn station_json(r: &StationStatus) -> String {
-    format!(
-        "{{\"station\":{},\"host_files\":{},\"bytes\":{},\"pending_backup\":{},\"pending_primary\":{},\"pending_backup_catalog\":{},\"backup_error\":{},\"last_backup\":{}}}",
-        ferry_common::json::string(&r.station),
-        r.host_files,
-        r.bytes,
-        r.pending_backup,
-        r.pending_primary,
-        r.pending_backup_catalog,
-        r.backup_error,
-        r.last_backup
-            .map_or_else(|| "null".to_owned(), |s| s.to_string())
-    )
+    let running = h.is_some_and(|h| h.state == CatalogState::Backfilling);
+    CatalogJson {
+        catalog: c.catalog,
+        state: h.map_or("unknown", |h| h.state.as_str()),
+        up: h.is_some_and(|h| matches!(h.state, CatalogState::Up | CatalogState::Backfilling)),
+        since: h.map(|h| h.since_ms / 1000),
+        lag: c.lag,
+        error: h.and_then(|h| h.error.as_deref()),
+        error_at: h.and_then(|h| h.error_at_ms).map(|ms| ms / 1000),
+        outages: h.map_or(0, |h| h.outages),
+        backfill: h.and_then(|h| h.backfill).map(|b| BackfillJson {
+            copied: b.copied,
+            scanned: b.scanned,
+            total: b.total,
+            running,
+        }),
+    }
 }
 
 /// Runs reconcile between the configured catalogs.
@@ -389,4 +392,65 @@ pub async fn catalog_summary(
         &settings.primary
     };
     Ok(store(catalog, url)?.summary().await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Backfill;
+
+    /// Monitoring (the Zabbix template, `/status`, `/healthz`) reads these
+    /// objects as text: every key, its order and `null` stay as they are.
+    #[test]
+    fn the_json_status_keeps_its_exact_form() {
+        let status = Status {
+            stations: vec![StationStatus {
+                station: "st-1".into(),
+                host_files: 2,
+                bytes: 20,
+                pending_backup: 1,
+                pending_primary: 0,
+                pending_backup_catalog: 1,
+                backup_error: 0,
+                last_backup: None,
+            }],
+            catalogs: vec![
+                CatalogStatus {
+                    catalog: "primary",
+                    health: None,
+                    lag: 0,
+                },
+                CatalogStatus {
+                    catalog: "backup",
+                    health: Some(CatalogHealth {
+                        state: CatalogState::Backfilling,
+                        since_ms: 5_999,
+                        error: Some("down \"x\"\u{2028}".into()),
+                        error_at_ms: Some(7_000),
+                        outages: 3,
+                        backfill: Some(Backfill {
+                            copied: 1,
+                            scanned: 2,
+                            total: 3,
+                        }),
+                    }),
+                    lag: 9,
+                },
+            ],
+        };
+        assert_eq!(
+            status_json(&status),
+            "{\"stations\":[{\"station\":\"st-1\",\"host_files\":2,\"bytes\":20,\
+             \"pending_backup\":1,\"pending_primary\":0,\"pending_backup_catalog\":1,\
+             \"backup_error\":0,\"last_backup\":null}],\"catalogs\":[{\"catalog\":\
+             \"primary\",\"state\":\"unknown\",\"up\":false,\"since\":null,\"lag\":0,\
+             \"error\":null,\"error_at\":null,\"outages\":0,\"backfill\":null},\
+             {\"catalog\":\"backup\",\"state\":\"backfilling\",\"up\":true,\"since\":5,\
+             \"lag\":9,\"error\":\"down \\\"x\\\"\\u2028\",\"error_at\":7,\"outages\":3,\
+             \"backfill\":{\"copied\":1,\"scanned\":2,\"total\":3,\"running\":true}}]}\n"
+        );
+        let mut row = status.stations[0].clone();
+        row.last_backup = Some(1_700_000_000);
+        assert!(ferry_common::json::to_string(&row).ends_with(",\"last_backup\":1700000000}"));
+    }
 }

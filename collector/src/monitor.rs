@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use ferry_common::bridge::Connections;
 use ferry_common::http::Response;
-use ferry_common::json;
 use ferry_common::station::StationId;
+use ferry_common::{clock, json};
+use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::CATALOGS;
@@ -120,56 +121,64 @@ impl Monitor {
             let known = StationId::new(station).is_ok()
                 && self.journal.knows_station(station).unwrap_or(false);
             if !known {
+                #[derive(Serialize)]
+                struct Unknown<'a> {
+                    error: &'static str,
+                    station: &'a str,
+                }
                 return Response::json(
                     404,
-                    format!(
-                        "{{\"error\":\"unknown station\",\"station\":{}}}\n",
-                        json::string(station)
-                    ),
+                    json::line(&Unknown {
+                        error: "unknown station",
+                        station,
+                    }),
                 );
             }
         }
-        match admin::status_of(&self.journal, station, now_ms()) {
+        match admin::status_of(&self.journal, station, clock::now_ms()) {
             Ok(status) => match (station, status.stations.first()) {
-                (Some(_), Some(row)) => Response::json(200, admin::station_json(row) + "\n"),
+                (Some(_), Some(row)) => Response::json(200, json::line(row)),
                 _ => Response::json(200, admin::status_json(&status)),
             },
-            Err(error) => Response::json(
-                500,
-                format!("{{\"error\":{}}}\n", json::string(&error.to_string())),
-            ),
+            Err(error) => Response::json(500, error_json(&error.to_string())),
         }
     }
 
     fn health(&self) -> Response {
+        #[derive(Serialize)]
+        struct Health<'a> {
+            status: &'static str,
+            journal: String,
+            catalogs: Vec<admin::CatalogJson<'a>>,
+        }
         let journal = self.journal.check_writable();
-        let catalogs = match admin::catalogs_of(&self.journal) {
-            Ok(catalogs) => catalogs.iter().map(admin::catalog_json).collect(),
-            Err(_) => Vec::new(),
-        };
-        let (status, word, journal) = match &journal {
-            Ok(()) => (200, "ok", json::string("writable")),
-            Err(error) => (503, "unhealthy", json::string(&error.to_string())),
+        let catalogs = admin::catalogs_of(&self.journal).unwrap_or_default();
+        let (status, word, journal) = match journal {
+            Ok(()) => (200, "ok", "writable".to_owned()),
+            Err(error) => (503, "unhealthy", error.to_string()),
         };
         Response::json(
             status,
-            format!(
-                "{{\"status\":\"{word}\",\"journal\":{journal},\"catalogs\":[{}]}}\n",
-                catalogs.join(",")
-            ),
+            json::line(&Health {
+                status: word,
+                journal,
+                catalogs: catalogs.iter().map(admin::catalog_json).collect(),
+            }),
         )
     }
+}
+
+/// `{"error":...}`, one line.
+fn error_json(error: &str) -> String {
+    #[derive(Serialize)]
+    struct Error<'a> {
+        error: &'a str,
+    }
+    json::line(&Error { error })
 }
 
 async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|_| Response::json(500, "{\"error\":\"status worker failed\"}\n".into()))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use ferry_common::pki::{self, CertificateAuthority, CertificateInfo, Issued, PkiError, Validity};
 use ferry_common::station::{StationId, StationIdError};
 use lexopt::prelude::*;
+use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -334,30 +335,33 @@ pub fn render_text(info: &CertificateInfo, now: OffsetDateTime) -> String {
 
 /// `show --json` output: one JSON object on one line.
 pub fn render_json(info: &CertificateInfo, now: OffsetDateTime) -> String {
-    let string_or_null = ferry_common::json::string_or_null;
-    let list = |items: Vec<String>| {
-        let items: Vec<String> = items
-            .iter()
-            .map(|s| ferry_common::json::string(s))
-            .collect();
-        format!("[{}]", items.join(","))
-    };
-    format!(
-        "{{\"subject\":{},\"station\":{},\"is_ca\":{},\"not_before\":{},\"not_after\":{},\
-         \"expires_in_days\":{},\"sha256\":{},\"dns_names\":{},\"ip_addresses\":{},\
-         \"client_auth\":{},\"server_auth\":{}}}\n",
-        string_or_null(info.subject_cn.as_deref()),
-        string_or_null(info.station.as_ref().map(StationId::as_str)),
-        info.is_ca,
-        ferry_common::json::string(&rfc3339(info.not_before)),
-        ferry_common::json::string(&rfc3339(info.not_after)),
-        expires_in_days(info, now),
-        ferry_common::json::string(&info.sha256_fingerprint),
-        list(info.dns_names.clone()),
-        list(info.ip_addresses.iter().map(ToString::to_string).collect()),
-        info.client_auth,
-        info.server_auth,
-    )
+    #[derive(Serialize)]
+    struct Show<'a> {
+        subject: Option<&'a str>,
+        station: Option<&'a str>,
+        is_ca: bool,
+        not_before: String,
+        not_after: String,
+        expires_in_days: i64,
+        sha256: &'a str,
+        dns_names: &'a [String],
+        ip_addresses: Vec<String>,
+        client_auth: bool,
+        server_auth: bool,
+    }
+    ferry_common::json::line(&Show {
+        subject: info.subject_cn.as_deref(),
+        station: info.station.as_ref().map(StationId::as_str),
+        is_ca: info.is_ca,
+        not_before: rfc3339(info.not_before),
+        not_after: rfc3339(info.not_after),
+        expires_in_days: expires_in_days(info, now),
+        sha256: &info.sha256_fingerprint,
+        dns_names: &info.dns_names,
+        ip_addresses: info.ip_addresses.iter().map(ToString::to_string).collect(),
+        client_auth: info.client_auth,
+        server_auth: info.server_auth,
+    })
 }
 
 fn parse_init_ca(parser: &mut lexopt::Parser) -> Result<PkiCommand, PkiCliError> {
@@ -700,5 +704,24 @@ mod tests {
         assert!(json.contains(r#""expires_in_days":-2,"#), "{json}");
         assert!(json.contains(r#""ip_addresses":["::1"],"#), "{json}");
         assert!(json.ends_with("\"server_auth\":true}\n"), "{json}");
+    }
+
+    /// `pki show --json` is read by scripts: the exact text stays.
+    #[test]
+    fn json_keeps_its_exact_form() {
+        let not_after = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let now = not_after - Duration::days(10);
+        let mut info = info(not_after);
+        info.station = Some(StationId::new("st-1").unwrap());
+        info.ip_addresses.push("10.0.0.1".parse().unwrap());
+        assert_eq!(
+            render_json(&info, now),
+            "{\"subject\":\"st\\\"at\\\\ion\\n1\\u0001\",\"station\":\"st-1\",\
+             \"is_ca\":false,\"not_before\":\"2026-12-16T08:00:00Z\",\
+             \"not_after\":\"2027-01-15T08:00:00Z\",\"expires_in_days\":10,\
+             \"sha256\":\"AB:CD\",\"dns_names\":[\"collector.example\"],\
+             \"ip_addresses\":[\"::1\",\"10.0.0.1\"],\"client_auth\":false,\
+             \"server_auth\":true}\n"
+        );
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod bridge;
+pub mod clock;
 pub mod codec;
 pub mod http;
 pub mod json;

@@ -598,7 +598,7 @@ async fn migrate_locked(conn: &mut Conn) -> Result<(), Failure> {
         }
         conn.exec_drop(
             "INSERT IGNORE INTO ferry_migrations (version, applied_at) VALUES (?, ?)",
-            (i as i64 + 1, now_ms()),
+            (i as i64 + 1, ferry_common::clock::now_ms()),
         )
         .await?;
     }
@@ -971,12 +971,6 @@ fn decode(text: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]
