@@ -48,7 +48,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ferry_common::backoff::random_u64;
+use ferry_common::backoff::{self, random_u64};
 
 /// The `owner=` value this agent writes.
 pub const OWNER: &str = "ferry-agent";
@@ -479,9 +479,7 @@ pub fn retry_delay(max: Duration) -> Duration {
 }
 
 fn retry_delay_from(max: Duration, random: u64) -> Duration {
-    let half = max / 2;
-    let fraction = random as f64 / u64::MAX as f64;
-    (half + (max - half).mul_f64(fraction)).min(max)
+    backoff::jittered(max, random)
 }
 
 /// Reads the flag at `path`: its holder and raw content, `None` if absent.

@@ -1,4 +1,6 @@
-//! Exponential backoff with jitter for reconnecting to an unreachable peer.
+//! Backoff: delays that double up to a cap, with "equal jitter" where many
+//! stations might otherwise retry in lockstep. Reconnecting to a peer, the
+//! legacy HALT_FLAG wait and a failed file's next attempt all use it.
 
 use std::time::Duration;
 
@@ -16,6 +18,20 @@ pub fn random_u64() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
+/// The delay of attempt `attempt` (0 first) of a series that doubles from
+/// `base` up to `max`.
+pub fn doubled(base: Duration, max: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(1 << attempt.min(31)).min(max)
+}
+
+/// A delay drawn uniformly between half of `step` and `step` ("equal
+/// jitter"), `random` choosing where.
+pub fn jittered(step: Duration, random: u64) -> Duration {
+    let half = step / 2;
+    let fraction = random as f64 / u64::MAX as f64;
+    (half + (step - half).mul_f64(fraction)).min(step)
+}
+
 /// Delays that double from `base` up to `max`, each drawn uniformly from the
 /// upper half of the current step ("equal jitter"), so that many stations
 /// cut off at once do not come back in lockstep, yet none retries too soon.
@@ -23,7 +39,7 @@ pub fn random_u64() -> u64 {
 pub struct Backoff {
     base: Duration,
     max: Duration,
-    step: Duration,
+    attempt: u32,
     state: u64,
 }
 
@@ -32,23 +48,21 @@ impl Backoff {
         Self {
             base,
             max: max.max(base),
-            step: base,
+            attempt: 0,
             state: random_u64() | 1,
         }
     }
 
     /// The delay before the next attempt; each call grows the step.
     pub fn next_delay(&mut self) -> Duration {
-        let step = self.step;
-        self.step = (self.step * 2).min(self.max);
-        let half = step / 2;
-        let fraction = self.next_random() as f64 / u64::MAX as f64;
-        half + half.mul_f64(fraction)
+        let step = doubled(self.base, self.max, self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+        jittered(step, self.next_random())
     }
 
     /// Starts again from the base delay (after a success).
     pub fn reset(&mut self) {
-        self.step = self.base;
+        self.attempt = 0;
     }
 
     fn next_random(&mut self) -> u64 {
@@ -83,5 +97,17 @@ mod tests {
         assert!(delays[6..].windows(2).any(|w| w[0] != w[1]));
         backoff.reset();
         assert!(backoff.next_delay() <= base);
+    }
+
+    #[test]
+    fn doubling_stops_at_the_cap_and_jitter_stays_in_the_upper_half() {
+        let (base, max) = (Duration::from_secs(5), Duration::from_secs(3600));
+        let steps: Vec<u64> = [0, 1, 9, 10, 11, 40, u32::MAX]
+            .map(|a| doubled(base, max, a).as_secs())
+            .to_vec();
+        assert_eq!(steps, [5, 10, 2560, 3600, 3600, 3600, 3600]);
+        let step = Duration::from_nanos(1001);
+        assert_eq!(jittered(step, 0), Duration::from_nanos(500));
+        assert_eq!(jittered(step, u64::MAX), step);
     }
 }
