@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The value of one series in scraped samples.
-pub use ferry_common::metrics::value;
+pub use crate::prometheus::value;
 
 /// An answer.
 #[derive(Debug, Clone)]
@@ -89,5 +89,5 @@ pub async fn metrics(addr: SocketAddr) -> anyhow::Result<Vec<(String, f64)>> {
             .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
         "content type of {reply:?}"
     );
-    ferry_common::metrics::parse(&reply.body).map_err(|e| anyhow::anyhow!("{e}\n{}", reply.body))
+    crate::prometheus::parse(&reply.body).map_err(|e| anyhow::anyhow!("{e}\n{}", reply.body))
 }

@@ -10,6 +10,7 @@ pub mod http;
 pub mod mariadb;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod proxy;
 pub mod raw;
 pub mod receiver;

@@ -391,7 +391,7 @@ async fn a_transfer_in_progress_shows_an_open_session_and_a_due_backlog() {
 /// The `.prom` file in `dir`, parsed, once it exists.
 fn read_textfile(dir: &Path, name: &str) -> Result<Vec<(String, f64)>, String> {
     let text = std::fs::read_to_string(dir.join(name)).map_err(|e| e.to_string())?;
-    ferry_common::metrics::parse(&text).map_err(|e| format!("{e}\n{text}"))
+    ferry_tests::prometheus::parse(&text).map_err(|e| format!("{e}\n{text}"))
 }
 
 fn inode(path: &Path) -> u64 {
