@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use ferry_common::backoff::Backoff;
+use ferry_common::backoff::{self, Backoff};
 use ferry_common::link::{ClientLink, ClientLinkConfig, LinkError};
 use ferry_common::name;
 use ferry_common::protocol::Outcome;
@@ -25,6 +25,7 @@ use crate::metrics::{ErrorKind, Metrics, Source};
 use crate::sender::{self, Flow, OutgoingFile};
 use crate::status::{self, LinkState};
 use crate::takeover;
+use crate::warn_counted;
 use crate::watch::{self as files, Change, Seen, Settler, Watches};
 
 /// Why the agent could not start.
@@ -180,6 +181,7 @@ pub async fn run(
             crate::recheck::run(
                 settings.clone(),
                 ledger.clone(),
+                metrics.clone(),
                 every,
                 move || due_changed.mark(),
                 shutdown.clone(),
@@ -239,17 +241,17 @@ fn import_legacy(settings: &Settings, ledger: &Shared, metrics: &Metrics) {
         }
         Ok(None) => {}
         Err(error @ takeover::TakeoverError::Ledger(_)) => {
-            metrics.error(ErrorKind::Ledger);
-            warn!(%error, "importing indexerD's lists failed; will retry at next start");
+            warn_counted!(metrics, ErrorKind::Ledger, %error, "importing indexerD's lists failed; will retry at next start");
             return;
         }
         Err(error) => {
-            metrics.error(ErrorKind::LegacyFiles);
-            warn!(%error, "cannot import indexerD's lists; will retry at next start");
+            warn_counted!(metrics, ErrorKind::LegacyFiles, %error, "cannot import indexerD's lists; will retry at next start");
             return;
         }
     }
-    let _ = ledger.set_marker("legacy-import", now);
+    if let Err(error) = ledger.set_marker("legacy-import", now) {
+        warn_counted!(metrics, ErrorKind::Ledger, %error, "take-over not marked as done; it runs again at next start");
+    }
 }
 
 fn observation(seen: &Seen) -> Observation {
@@ -295,8 +297,7 @@ fn enter(
     let known = match tokio::task::block_in_place(|| lock(ledger).knows(&observations)) {
         Ok(known) => known,
         Err(error) => {
-            metrics.error(ErrorKind::Ledger);
-            warn!(%error, "ledger unreadable; files wait for min_age_secs");
+            warn_counted!(metrics, ErrorKind::Ledger, %error, "ledger unreadable; files wait for min_age_secs");
             vec![false; observations.len()]
         }
     };
@@ -364,8 +365,7 @@ fn rescan(
             })
         });
         if let Err(error) = scanned {
-            metrics.error(ErrorKind::Scan);
-            warn!(root = %root.name, %error, "root not scanned");
+            warn_counted!(metrics, ErrorKind::Scan, root = %root.name, %error, "root not scanned");
             continue;
         }
         match tokio::task::block_in_place(|| lock(ledger).sweep(&root.name, started)) {
@@ -654,8 +654,7 @@ fn handle(
 /// Delay before a failed file is offered again: doubling from 5 s to 1 h.
 /// (A file refused for good is not offered again until it changes.)
 fn retry_after(attempts: u32) -> Duration {
-    let secs = 5u64.saturating_mul(1 << attempts.min(10));
-    Duration::from_secs(secs.min(3600))
+    backoff::doubled(Duration::from_secs(5), Duration::from_secs(3600), attempts)
 }
 
 /// Longest `DUE_BACKUP` lags the due set while files are sent.
@@ -789,8 +788,7 @@ async fn send_due(
                 due
             }
             Err(error) => {
-                metrics.error(ErrorKind::Ledger);
-                warn!(%error, "ledger unreadable");
+                warn_counted!(metrics, ErrorKind::Ledger, %error, "ledger unreadable");
                 Vec::new()
             }
         };
@@ -870,8 +868,7 @@ async fn send_due(
                     continue;
                 }
                 Err(error) => {
-                    metrics.error(ErrorKind::HaltFlag);
-                    warn!(%error, "cannot raise HALT_FLAG");
+                    warn_counted!(metrics, ErrorKind::HaltFlag, %error, "cannot raise HALT_FLAG");
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_secs(5)) => {}
                         _ = shutdown.wait_for(|stop| *stop) => break,
@@ -1210,8 +1207,7 @@ fn write_due_list(
     let written = tokio::task::block_in_place(|| {
         let mut writer = due_list::DueBackupWriter::create(&settings.legacy.due_backup)?;
         if let Err(error) = lock(ledger).for_each_due_path(roots, |path| writer.push(path)) {
-            metrics.error(ErrorKind::Ledger);
-            warn!(%error, "ledger unreadable; DUE_BACKUP not rewritten");
+            warn_counted!(metrics, ErrorKind::Ledger, %error, "ledger unreadable; DUE_BACKUP not rewritten");
             return Ok(None);
         }
         writer.commit().map(Some)
@@ -1228,8 +1224,7 @@ fn write_due_list(
             metrics.state_disk.failed(&error);
         }
         Err(error) => {
-            metrics.error(ErrorKind::LegacyFiles);
-            warn!(%error, "cannot write DUE_BACKUP");
+            warn_counted!(metrics, ErrorKind::LegacyFiles, %error, "cannot write DUE_BACKUP");
         }
     }
 }
@@ -1576,7 +1571,7 @@ fn finish_acked(settings: &Settings, ledger: &Shared, metrics: &Metrics, restart
         Ok(pending) if !pending.is_empty() => pending,
         Ok(_) => return true,
         Err(error) => {
-            warn!(%error, "ledger unreadable; post-ack work postponed");
+            warn_counted!(metrics, ErrorKind::Ledger, %error, "ledger unreadable; post-ack work postponed");
             return false;
         }
     };
@@ -1614,8 +1609,7 @@ fn finish_acked(settings: &Settings, ledger: &Shared, metrics: &Metrics, restart
         Err(error) => {
             // Not the state disk: sending goes on, and this is tried
             // again after the next ack.
-            metrics.error(ErrorKind::LegacyFiles);
-            warn!(%error, "cannot append to BACKUP_DONE; will retry");
+            warn_counted!(metrics, ErrorKind::LegacyFiles, %error, "cannot append to BACKUP_DONE; will retry");
             return true;
         }
     }

@@ -7,10 +7,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ferry_common::metrics::{Exposition, Kind};
+use ferry_common::metrics::{Counts, Exposition, Kind, Label};
 
 use crate::halt_flag::{self, HaltFlag};
 use crate::ledger::Ledger;
+
+/// Logs a warning and counts it under its kind of
+/// `ferry_agent_errors_total`, in one call, so that no logged error goes
+/// uncounted: `warn_counted!(metrics, ErrorKind::Ledger, %error, "...")`
+/// takes the metrics, the kind, then what `tracing::warn!` takes.
+#[macro_export]
+macro_rules! warn_counted {
+    ($metrics:expr, $kind:expr, $($event:tt)+) => {{
+        $metrics.error($kind);
+        ::tracing::warn!($($event)+);
+    }};
+}
 
 /// What went wrong, as the `kind` label of `ferry_agent_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,20 +45,19 @@ pub enum ErrorKind {
     Scan,
 }
 
-const KINDS: [ErrorKind; 8] = [
-    ErrorKind::Connect,
-    ErrorKind::Link,
-    ErrorKind::File,
-    ErrorKind::Ledger,
-    ErrorKind::HaltFlag,
-    ErrorKind::LegacyFiles,
-    ErrorKind::AfterAck,
-    ErrorKind::Scan,
-];
+impl Label for ErrorKind {
+    const ALL: &'static [Self] = &[
+        ErrorKind::Connect,
+        ErrorKind::Link,
+        ErrorKind::File,
+        ErrorKind::Ledger,
+        ErrorKind::HaltFlag,
+        ErrorKind::LegacyFiles,
+        ErrorKind::AfterAck,
+        ErrorKind::Scan,
+    ];
 
-impl ErrorKind {
-    /// The label value.
-    pub fn label(self) -> &'static str {
+    fn label(self) -> &'static str {
         match self {
             ErrorKind::Connect => "connect",
             ErrorKind::Link => "link",
@@ -57,10 +68,6 @@ impl ErrorKind {
             ErrorKind::AfterAck => "after_ack",
             ErrorKind::Scan => "scan",
         }
-    }
-
-    fn index(self) -> usize {
-        KINDS.iter().position(|k| *k == self).unwrap_or(0)
     }
 }
 
@@ -91,7 +98,7 @@ pub struct Metrics {
     /// Whether the agent's state can be written; what waits to be
     /// recorded (shared by the watcher and the sender with the counters).
     pub state_disk: crate::state_disk::StateDisk,
-    errors: [AtomicU64; KINDS.len()],
+    errors: Counts<ErrorKind>,
 }
 
 impl Metrics {
@@ -101,17 +108,18 @@ impl Metrics {
 
     /// Adds `n` to `counter`.
     pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+        ferry_common::metrics::add(counter, n);
     }
 
-    /// Counts an error.
+    /// Counts an error (see [`warn_counted`](crate::warn_counted) to log it
+    /// in the same call).
     pub fn error(&self, kind: ErrorKind) {
-        Self::add(&self.errors[kind.index()], 1);
+        self.errors.count(kind);
     }
 
     /// Errors of `kind` so far.
     pub fn errors(&self, kind: ErrorKind) -> u64 {
-        self.errors[kind.index()].load(Ordering::Relaxed)
+        self.errors.get(kind)
     }
 
     pub fn set_connected(&self, connected: bool) {
@@ -265,10 +273,8 @@ pub fn render(m: &Metrics, r: &Readings) -> String {
         "Files the collector refused for good (a retry cannot succeed)",
         load(&m.refused),
     );
-    e.family("ferry_agent_errors_total", Kind::Counter, "Errors by kind");
-    for kind in KINDS {
-        e.sample(&[("kind", kind.label())], m.errors(kind) as f64);
-    }
+    m.errors
+        .expose(&mut e, "ferry_agent_errors_total", "Errors by kind", "kind");
     e.gauge(
         "ferry_agent_connected",
         "Whether a session with a collector is open",
@@ -376,11 +382,6 @@ mod tests {
         );
         assert_eq!(value("ferry_agent_halted{by=\"operator\"}"), 1.0);
         assert_eq!(value("ferry_agent_halted{by=\"other\"}"), 0.0);
-        assert_eq!(
-            KINDS.map(ErrorKind::index),
-            [0, 1, 2, 3, 4, 5, 6, 7],
-            "every kind has its own counter"
-        );
     }
 
     #[test]

@@ -17,10 +17,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::Settings;
 use crate::ledger::{DoneFile, Ledger};
+use crate::metrics::{ErrorKind, Metrics};
 use crate::sender::{OutgoingFile, hash_unchanged};
 use crate::watch;
 
@@ -28,10 +29,12 @@ use crate::watch;
 const PAGE: usize = 256;
 
 /// Re-checks every backed-up file each `every`, until `shutdown`; calls
-/// `changed` after a pass that made files due.
+/// `changed` after a pass that made files due. Ledger errors are logged
+/// and counted in `metrics`.
 pub async fn run(
     settings: Arc<Settings>,
     ledger: Arc<Mutex<Ledger>>,
+    metrics: Arc<Metrics>,
     every: Duration,
     changed: impl Fn() + Send + Sync + 'static,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -44,14 +47,15 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        let (settings, ledger, changed, stop) = (
+        let (settings, ledger, metrics, changed, stop) = (
             settings.clone(),
             ledger.clone(),
+            metrics.clone(),
             changed.clone(),
             shutdown.clone(),
         );
         let pass = tokio::task::spawn_blocking(move || {
-            let found = pass(&settings, &ledger, &stop);
+            let found = pass(&settings, &ledger, &metrics, &stop);
             if found > 0 {
                 changed();
             }
@@ -68,6 +72,7 @@ pub async fn run(
 fn pass(
     settings: &Settings,
     ledger: &Mutex<Ledger>,
+    metrics: &Metrics,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> usize {
     let roots = settings.root_dirs();
@@ -81,7 +86,7 @@ fn pass(
             Ok(page) if !page.is_empty() => page,
             Ok(_) => return found,
             Err(error) => {
-                warn!(%error, "ledger unreadable; content re-check postponed");
+                crate::warn_counted!(metrics, ErrorKind::Ledger, %error, "ledger unreadable; content re-check postponed");
                 return found;
             }
         };
@@ -97,7 +102,9 @@ fn pass(
                         info!(root = %file.root, path = %ferry_common::name::encode(file.rel_path.as_os_str().as_bytes()), "content changed behind unchanged metadata; due again");
                     }
                     Ok(false) => {}
-                    Err(error) => warn!(%error, "ledger update failed"),
+                    Err(error) => {
+                        crate::warn_counted!(metrics, ErrorKind::Ledger, %error, "ledger update failed");
+                    }
                 }
             }
         }
@@ -161,7 +168,15 @@ mod tests {
             l.mark_acked(&[Acked { key, sha256 }], now).unwrap();
         }
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        assert_eq!(pass(&settings, &ledger, &shutdown), 1);
+        // A ledger that cannot be written: the change found is not
+        // recorded, and the error is counted as well as logged.
+        let read_only =
+            Mutex::new(Ledger::open_read_only(&dir.path().join("ledger.sqlite")).unwrap());
+        let metrics = Metrics::new();
+        assert_eq!(pass(&settings, &read_only, &metrics, &shutdown), 0);
+        assert_eq!(metrics.errors(ErrorKind::Ledger), 1);
+        assert_eq!(pass(&settings, &ledger, &metrics, &shutdown), 1);
+        assert_eq!(metrics.errors(ErrorKind::Ledger), 1);
         let l = lock(&ledger);
         assert_eq!(
             l.state("r", Path::new("kept.bin")).unwrap(),

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_common::backoff::Backoff;
+use ferry_common::clock;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
@@ -79,7 +80,7 @@ impl Reporter<'_> {
     /// Marks the catalog up (applying), unless it is already.
     async fn up(&self) {
         if self.health().state != CatalogState::Up {
-            let now = now_ms();
+            let now = clock::now_ms();
             self.set(|h| {
                 h.state = CatalogState::Up;
                 h.since_ms = now;
@@ -94,7 +95,7 @@ impl Reporter<'_> {
         self.state.send_modify(|s| s.health = health.clone());
         let name = self.name.to_owned();
         let kept = blocking(self.journal, move |j| {
-            j.set_health(&name, &health, now_ms())
+            j.set_health(&name, &health, clock::now_ms())
         })
         .await;
         if let Err(error) = kept {
@@ -147,7 +148,7 @@ pub async fn run<S: CatalogStore>(
             None => {
                 warn!(catalog = %name, %error, "catalog outage began; the journal keeps its records");
                 outage = Some((Instant::now(), 1));
-                let now = now_ms();
+                let now = clock::now_ms();
                 reporter
                     .set(|h| {
                         h.state = CatalogState::Down;
@@ -161,7 +162,7 @@ pub async fn run<S: CatalogStore>(
             Some((_, failures)) => {
                 *failures += 1;
                 debug!(catalog = %name, %error, "catalog still failing");
-                let now = now_ms();
+                let now = clock::now_ms();
                 reporter
                     .set(|h| {
                         h.state = CatalogState::Down;
@@ -178,7 +179,7 @@ pub async fn run<S: CatalogStore>(
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }
-    let now = now_ms();
+    let now = clock::now_ms();
     reporter
         .set(|h| {
             h.state = CatalogState::Stopped;
@@ -314,7 +315,7 @@ async fn backfill<S: CatalogStore>(
         scanned: 0,
         total,
     };
-    let now = now_ms();
+    let now = clock::now_ms();
     reporter
         .set(|h| {
             h.state = CatalogState::Backfilling;
@@ -369,11 +370,4 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| format!("journal worker failed: {e}"))?
         .map_err(|e| e.to_string())
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

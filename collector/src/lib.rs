@@ -199,7 +199,7 @@ pub async fn start(settings: Settings) -> Result<Collector, StartError> {
     for (i, store) in stores.iter().enumerate() {
         let wake = Arc::new(Notify::new());
         let (state_tx, state_rx) = watch::channel(ApplierState::starting(
-            journal::CatalogHealth::starting(applier::now_ms()),
+            journal::CatalogHealth::starting(ferry_common::clock::now_ms()),
         ));
         let task = tokio::spawn(applier::run(
             store.clone(),

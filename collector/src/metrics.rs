@@ -5,44 +5,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ferry_common::metrics::{Exposition, Kind};
+use ferry_common::metrics::{Counts, Exposition, Kind};
 use ferry_common::protocol::ErrorCode;
-
-/// Every error code, in the order of [`Metrics::errors`].
-const ERROR_CODES: [ErrorCode; 11] = [
-    ErrorCode::UnsupportedVersion,
-    ErrorCode::Malformed,
-    ErrorCode::TooLarge,
-    ErrorCode::UnexpectedMessage,
-    ErrorCode::IdentityMismatch,
-    ErrorCode::PathRefused,
-    ErrorCode::HashMismatch,
-    ErrorCode::DiskFull,
-    ErrorCode::Busy,
-    ErrorCode::Internal,
-    ErrorCode::Revoked,
-];
-
-/// The `kind` label of an error code.
-pub fn error_kind(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::UnsupportedVersion => "unsupported_version",
-        ErrorCode::Malformed => "malformed",
-        ErrorCode::TooLarge => "too_large",
-        ErrorCode::UnexpectedMessage => "unexpected_message",
-        ErrorCode::IdentityMismatch => "identity_mismatch",
-        ErrorCode::PathRefused => "path_refused",
-        ErrorCode::HashMismatch => "hash_mismatch",
-        ErrorCode::DiskFull => "disk_full",
-        ErrorCode::Busy => "busy",
-        ErrorCode::Internal => "internal",
-        ErrorCode::Revoked => "revoked",
-    }
-}
-
-fn error_index(code: ErrorCode) -> usize {
-    ERROR_CODES.iter().position(|c| *c == code).unwrap_or(0)
-}
 
 /// Counters since the collector started.
 #[derive(Debug, Default)]
@@ -62,7 +26,7 @@ pub struct Metrics {
     /// Station sessions opened.
     pub sessions_total: AtomicU64,
     /// Errors and refusals sent to stations, by code.
-    errors: [AtomicU64; ERROR_CODES.len()],
+    errors: Counts<ErrorCode>,
 }
 
 impl Metrics {
@@ -72,17 +36,17 @@ impl Metrics {
 
     /// Adds `n` to `counter`.
     pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+        ferry_common::metrics::add(counter, n);
     }
 
     /// Counts an error or refusal sent to a station.
     pub fn error(&self, code: ErrorCode) {
-        Self::add(&self.errors[error_index(code)], 1);
+        self.errors.count(code);
     }
 
     /// Errors sent with `code` so far.
     pub fn errors(&self, code: ErrorCode) -> u64 {
-        self.errors[error_index(code)].load(Ordering::Relaxed)
+        self.errors.get(code)
     }
 
     /// Counts a session as running until the guard drops.
@@ -195,14 +159,12 @@ pub fn render(m: &Metrics, readings: &Readings) -> String {
         "Station connections refused at the TLS or ZMTP handshake (wrong, unknown or revoked certificate, another station's identity, too slow)",
         readings.connections_refused,
     );
-    e.family(
+    m.errors.expose(
+        &mut e,
         "ferry_collector_errors_total",
-        Kind::Counter,
         "Errors and refusals sent to stations, by kind",
+        "kind",
     );
-    for code in ERROR_CODES {
-        e.sample(&[("kind", error_kind(code))], m.errors(code) as f64);
-    }
     e.family(
         "ferry_collector_catalog_up",
         Kind::Gauge,
@@ -355,10 +317,5 @@ mod tests {
         );
         drop(session);
         assert!(render(&m, &readings).contains("\nferry_collector_sessions 0\n"));
-        assert_eq!(
-            ERROR_CODES.map(error_index),
-            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
-            "every code has its own counter"
-        );
     }
 }

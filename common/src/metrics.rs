@@ -3,18 +3,22 @@
 //! the atomically replaced textfile, and the `[metrics]` table both daemons
 //! share in their configuration.
 //!
-//! Each daemon keeps its counters in a struct of atomics and renders them
-//! here with [`Exposition`]; no metrics library is needed for a few dozen
-//! lines of text.
+//! Each daemon keeps its counters in a struct of atomics (with a [`Counts`]
+//! for its errors by kind) and renders them here with [`Exposition`]; no
+//! metrics library is needed for a few dozen lines of text.
 
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io::Write as _;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::protocol::ErrorCode;
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -90,6 +94,96 @@ impl Exposition {
     /// The finished text.
     pub fn finish(self) -> String {
         self.text
+    }
+}
+
+/// Adds `n` to `counter`.
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The values of a label that a [`Counts`] keeps one counter for.
+pub trait Label: Copy + Eq + 'static {
+    /// Every value, in the order they are exposed.
+    const ALL: &'static [Self];
+    /// The value as the label shows it.
+    fn label(self) -> &'static str;
+}
+
+/// One counter per value of a [`Label`], such as errors by kind.
+#[derive(Debug)]
+pub struct Counts<K> {
+    counts: Box<[AtomicU64]>,
+    kind: PhantomData<K>,
+}
+
+impl<K: Label> Default for Counts<K> {
+    fn default() -> Self {
+        Self {
+            counts: K::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<K: Label> Counts<K> {
+    /// Counts one of `key`.
+    pub fn count(&self, key: K) {
+        if let Some(counter) = self.counter(key) {
+            add(counter, 1);
+        }
+    }
+
+    /// The count of `key` so far.
+    pub fn get(&self, key: K) -> u64 {
+        self.counter(key)
+            .map_or(0, |counter| counter.load(Ordering::Relaxed))
+    }
+
+    /// The counter family `name`, one sample per value labelled `label`.
+    pub fn expose(&self, e: &mut Exposition, name: &str, help: &str, label: &str) {
+        e.family(name, Kind::Counter, help);
+        for &key in K::ALL {
+            e.sample(&[(label, key.label())], self.get(key) as f64);
+        }
+    }
+
+    fn counter(&self, key: K) -> Option<&AtomicU64> {
+        let index = K::ALL.iter().position(|k| *k == key)?;
+        self.counts.get(index)
+    }
+}
+
+/// The errors and refusals the collector sends, as the `kind` label.
+impl Label for ErrorCode {
+    const ALL: &'static [Self] = &[
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::Malformed,
+        ErrorCode::TooLarge,
+        ErrorCode::UnexpectedMessage,
+        ErrorCode::IdentityMismatch,
+        ErrorCode::PathRefused,
+        ErrorCode::HashMismatch,
+        ErrorCode::DiskFull,
+        ErrorCode::Busy,
+        ErrorCode::Internal,
+        ErrorCode::Revoked,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::UnexpectedMessage => "unexpected_message",
+            ErrorCode::IdentityMismatch => "identity_mismatch",
+            ErrorCode::PathRefused => "path_refused",
+            ErrorCode::HashMismatch => "hash_mismatch",
+            ErrorCode::DiskFull => "disk_full",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Revoked => "revoked",
+        }
     }
 }
 
@@ -315,6 +409,33 @@ mod tests {
              ferry_lag{catalog=\"primary\"} 0\n\
              ferry_lag{catalog=\"a\\\"b\\\\c\\nd\"} 1.5\n"
         );
+    }
+
+    #[test]
+    fn every_value_of_a_label_has_its_own_counter() {
+        let counts = Counts::<ErrorCode>::default();
+        counts.count(ErrorCode::DiskFull);
+        counts.count(ErrorCode::DiskFull);
+        counts.count(ErrorCode::Revoked);
+        let mut e = Exposition::new();
+        counts.expose(&mut e, "ferry_e_total", "E", "kind");
+        let text = e.finish();
+        assert!(
+            text.contains("\nferry_e_total{kind=\"disk_full\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nferry_e_total{kind=\"revoked\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nferry_e_total{kind=\"busy\"} 0\n"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 2 + ErrorCode::ALL.len());
+        let mut labels: Vec<_> = ErrorCode::ALL.iter().map(|c| c.label()).collect();
+        labels.dedup();
+        assert_eq!(labels.len(), ErrorCode::ALL.len());
     }
 
     #[test]

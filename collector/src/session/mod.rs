@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use ferry_common::clock::now_ms;
 use ferry_common::link::{Peer, ServerSender};
 use ferry_common::name;
 use ferry_common::protocol::*;
@@ -439,7 +440,9 @@ impl Session {
                 error.to_string(),
             );
             tokio::task::spawn_blocking(move || {
-                journal.record_failure(&station, &path, &message, now_ms())
+                if let Err(error) = journal.record_failure(&station, &path, &message, now_ms()) {
+                    warn!(%station, %path, %error, "file failure not recorded in the journal");
+                }
             });
         }
         state.results.push(FileResult {
@@ -546,11 +549,4 @@ fn weight(message: &Message) -> u64 {
         }
         _ => 64,
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
+use ferry_common::clock::now_ms;
 use ferry_common::link::{Peer, ServerSender};
 use ferry_common::name;
 use ferry_common::protocol::*;
@@ -16,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::repository::{Placement, Repository, RepositoryError, Staged};
 use crate::writer::repository_error;
 
-use super::{Batch, Shared, now_ms, stored_bytes};
+use super::{Batch, Shared, stored_bytes};
 
 /// A file of a batch, committed and verified, waiting for the rest of its
 /// batch to be placed with it.
@@ -292,9 +293,13 @@ impl Settled {
     fn fail(&mut self, shared: &Shared, named: &Named, error: &RepositoryError, now: i64) {
         let (station, catalog_path) = (&named.station, &named.catalog_path);
         warn!(path = %catalog_path, error = %error, "storing failed");
-        let _ = shared
-            .journal
-            .record_failure(station, catalog_path, &error.to_string(), now);
+        if let Err(journal_error) =
+            shared
+                .journal
+                .record_failure(station, catalog_path, &error.to_string(), now)
+        {
+            warn!(path = %catalog_path, error = %journal_error, "file failure not recorded in the journal");
+        }
         self.results.push(FileResult {
             id: named.file.id,
             outcome: Outcome::Failed(repository_error(error)),
