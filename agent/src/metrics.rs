@@ -340,51 +340,6 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn the_exposition_carries_counters_backlog_and_halt() {
-        let m = Metrics::new();
-        Metrics::add(&m.files_sent, 4);
-        Metrics::add(&m.bytes_sent, 4096);
-        m.error(ErrorKind::Connect);
-        m.set_connected(true);
-        Metrics::add(&m.held_files, 3);
-        Metrics::add(&m.missing_roots, 1);
-        let readings = Readings {
-            due_files: Some(2),
-            due_bytes: Some(10),
-            failing: Some(1),
-            refused: Some(1),
-            last_ack: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
-            halt: Some(Halt::Operator),
-        };
-        let text = render(&m, &readings);
-        let value = |series: &str| {
-            text.lines()
-                .find_map(|l| {
-                    l.strip_prefix(series)?
-                        .strip_prefix(' ')?
-                        .parse::<f64>()
-                        .ok()
-                })
-                .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
-        };
-        assert_eq!(value("ferry_agent_files_sent_total"), 4.0);
-        assert_eq!(value("ferry_agent_bytes_sent_total"), 4096.0);
-        assert_eq!(value("ferry_agent_errors_total{kind=\"connect\"}"), 1.0);
-        assert_eq!(value("ferry_agent_errors_total{kind=\"scan\"}"), 0.0);
-        assert_eq!(value("ferry_agent_connected"), 1.0);
-        assert_eq!(value("ferry_agent_held_files"), 3.0);
-        assert_eq!(value("ferry_agent_missing_roots"), 1.0);
-        assert_eq!(value("ferry_agent_due_files"), 2.0);
-        assert_eq!(value("ferry_agent_due_bytes"), 10.0);
-        assert_eq!(
-            value("ferry_agent_last_ack_timestamp_seconds"),
-            1_700_000_000.0
-        );
-        assert_eq!(value("ferry_agent_halted{by=\"operator\"}"), 1.0);
-        assert_eq!(value("ferry_agent_halted{by=\"other\"}"), 0.0);
-    }
-
-    #[test]
     fn the_source_reads_the_ledger_and_the_flag() {
         let dir = tempfile::tempdir().unwrap();
         let ledger_path = dir.path().join("ledger.sqlite");
