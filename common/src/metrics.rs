@@ -200,7 +200,8 @@ fn number(value: f64) -> String {
     }
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` is a valid metric (or label) name of the format.
+pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()

@@ -2,6 +2,8 @@
 //! to refuse what a scraper would: the tests check both daemons' `/metrics`
 //! and textfiles with it.
 
+use ferry_common::metrics::valid_name;
+
 /// The value of `series` (`name` or `name{labels}` exactly as exposed) in
 /// samples from [`parse`].
 pub fn value(samples: &[(String, f64)], series: &str) -> Option<f64> {
@@ -48,14 +50,6 @@ pub fn parse(text: &str) -> Result<Vec<(String, f64)>, String> {
         samples.push((series.to_owned(), value));
     }
     Ok(samples)
-}
-
-fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
 /// `name="value",...` with escaped values.
